@@ -1,0 +1,96 @@
+"""c8ws: the application factory. Everything is built here: settings, store, broker, node and
+routes; pools and tasks open when serving starts and live on the app object.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+
+from app.broker import create_broker
+from app.config import Settings, load_settings
+from app.node import Node
+from app.store import create_store
+from app.store.base import App, Store
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("c8ws")
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class RawSendMiddleware:
+    """Expose the server's ASGI `send` to WebSocket handlers, so member writers can send
+    pre-built events without Quart's per-message wrapper."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            scope = {**scope, "c8ws.send": send}
+        await self.inner(scope, receive, send)
+
+
+async def ensure_demo_app(store: Store, settings: Settings) -> App:
+    """The demo app: key from settings, secret random at first start unless configured."""
+    app = await store.app_by_name("demo")
+    if app is None:
+        secret = settings.demo_secret or secrets.token_urlsafe(24)
+        app = await store.create_app("demo", settings.demo_key, secret)
+    elif settings.demo_secret and settings.demo_secret != app.secret:
+        await store.set_app_secret(app.id, settings.demo_secret)
+        app = await store.app_by_name("demo") or app
+    return app
+
+
+def banner(settings: Settings, demo: App) -> str:
+    scheme = "https" if settings.certfile else "http"
+    ws_scheme = "wss" if settings.certfile else "ws"
+    base = f"{scheme}://{settings.host}:{settings.port}"
+    return "\n".join([
+        f"c8ws listening on {base}",
+        f"  playground:   {base}/playground",
+        f"  websocket:    {ws_scheme}://{settings.host}:{settings.port}/v3/room1?api_key={demo.key}",
+        f"  demo api key: {demo.key}",
+        f"  demo secret:  {demo.secret}",
+    ])
+
+
+def create_app(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Quart:
+    """Build the app; nothing connects until serving starts."""
+    settings = load_settings(environ, overrides)
+    app = Quart(__name__, static_folder=str(ROOT / "static"),
+                template_folder=str(ROOT / "templates"))
+    store = create_store(settings.store_url, settings.commit_interval_ms)
+    broker = create_broker(settings.broker_url)
+    node = Node(settings, store, broker)
+    app.extensions["c8ws.node"] = node
+    app.extensions["c8ws.settings"] = settings
+
+    @app.before_serving
+    async def open_node() -> None:
+        await store.open()
+        demo = await ensure_demo_app(store, settings)
+        await node.start()
+        print(banner(settings, demo), flush=True)
+
+    @app.after_serving
+    async def close_node() -> None:
+        await node.stop()
+        await store.close()
+
+    from app import api, ws
+
+    app.register_blueprint(ws.blueprint)
+    app.register_blueprint(api.blueprint)
+    app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app

@@ -1,0 +1,115 @@
+"""The `c8ws` console script: serve, and manage apps (keys)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import asyncio
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from app.config import MIB, load_settings
+from app.errors import ConfigError, StoreError
+from app.node import Node
+from app.store import create_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="c8ws", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve WebSockets, the API and the pages")
+    serve.add_argument("--host", help="interface to bind (C8WS_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", help="port, 0 for any free one (C8WS_PORT, default 8000)")
+    serve.add_argument("--data-dir", help="where the SQLite file lives (C8WS_DATA_DIR, ./var)")
+    serve.add_argument("--certfile", help="TLS certificate, PEM (C8WS_CERTFILE)")
+    serve.add_argument("--keyfile", help="TLS private key, PEM (C8WS_KEYFILE)")
+
+    keys = commands.add_parser("keys", help="manage apps and their keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an app; prints its key and secret")
+    create.add_argument("--name", required=True)
+    create.add_argument("--key", help="the api key (default: random)")
+    create.add_argument("--data-dir", help="as for serve")
+    listing = key_commands.add_parser("list", help="list apps and their keys")
+    listing.add_argument("--data-dir", help="as for serve")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in names}
+
+
+def serve(args: argparse.Namespace) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from app import create_app
+
+    overrides = _overrides(args, ("host", "port", "data_dir", "certfile", "keyfile"))
+    settings = load_settings(overrides=overrides)
+    try:
+        sock = socket.create_server((settings.host, settings.port))
+    except OSError as error:
+        raise ConfigError(f"C8WS_PORT: cannot listen on {settings.host}:{settings.port}: "
+                          f"{error.strerror}") from None
+    sock.set_inheritable(True)
+    app = create_app({**overrides, "port": sock.getsockname()[1]})
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = settings.shutdown_timeout
+    config.websocket_max_message_size = max(4 * settings.max_frame_bytes, MIB)
+    if settings.certfile and settings.keyfile:
+        config.certfile = str(settings.certfile)
+        config.keyfile = str(settings.keyfile)
+    node: Node = app.extensions["c8ws.node"]
+
+    async def shutdown_trigger() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await node.drain()
+
+    asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+
+
+async def _keys(args: argparse.Namespace) -> None:
+    settings = load_settings(overrides=_overrides(args, ("data_dir",)))
+    store = create_store(settings.store_url)
+    await store.open()
+    try:
+        if args.keys_command == "create":
+            app = await store.create_app(args.name, args.key or secrets.token_hex(10),
+                                         secrets.token_urlsafe(24))
+            print(f"name:   {app.name}\napi key: {app.key}\nsecret: {app.secret}")
+        else:
+            for app in await store.list_apps():
+                print(f"{app.name}\t{app.key}")
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            serve(args)
+        else:
+            asyncio.run(_keys(args))
+    except (ConfigError, StoreError) as error:
+        print(f"c8ws: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""This node's members, by channel, and the synchronous fan-out that feeds their queues.
+
+A record is encoded at most once per dialect, and that one `Outgoing` goes into every member's
+queue; nothing here awaits, so one slow member never holds up a channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from app.member import Member, Outgoing
+from app.protocol import Dialect, c8_message_frame, piesocket_frame
+from app.records import ChannelKey, Record
+
+
+class Hub:
+    """Local members per channel, in join order."""
+
+    def __init__(self) -> None:
+        self._channels: dict[ChannelKey, dict[int, Member]] = {}
+
+    def add_member(self, member: Member) -> bool:
+        """Add a member; True when it is the channel's first on this node."""
+        members = self._channels.setdefault(member.key, {})
+        members[member.local_id] = member
+        return len(members) == 1
+
+    def remove_member(self, member: Member) -> bool:
+        """Remove a member; True when it was the channel's last on this node."""
+        members = self._channels.get(member.key)
+        if members is None or members.pop(member.local_id, None) is None:
+            return False
+        if not members:
+            del self._channels[member.key]
+            return True
+        return False
+
+    def members(self, key: ChannelKey) -> list[Member]:
+        return list(self._channels.get(key, {}).values())
+
+    def channels(self) -> list[ChannelKey]:
+        return list(self._channels)
+
+    def __iter__(self) -> Iterator[Member]:
+        for members in list(self._channels.values()):
+            yield from list(members.values())
+
+    def __len__(self) -> int:
+        return sum(len(members) for members in self._channels.values())
+
+    def fan_out(self, record: Record, skip: int | None = None) -> int:
+        """Queue `record` for the channel's members (but `skip`); returns how many got it."""
+        members = self._channels.get(record.key)
+        if not members:
+            return 0
+        sender = members.get(skip) if skip is not None else None
+        if sender is not None and sender.notify_self:
+            sender = None
+        piesocket: Outgoing | None = None
+        c8: Outgoing | None = None
+        c8_done = False
+        delivered = 0
+        for member in members.values():
+            if member is sender:
+                continue
+            if member.dialect is Dialect.PIESOCKET:
+                if piesocket is None:
+                    piesocket = Outgoing(piesocket_frame(record))
+                member.send_nowait(piesocket)
+            else:
+                if not c8_done:
+                    frame = c8_message_frame(record)
+                    c8 = None if frame is None else Outgoing(frame)
+                    c8_done = True
+                if c8 is None:
+                    continue
+                member.send_nowait(c8)
+            delivered += 1
+        return delivered
+
+    def send_to_dialect(self, key: ChannelKey, dialect: Dialect, item: Outgoing) -> None:
+        """Queue one frame for the channel's members of one dialect (e.g. connection counts)."""
+        for member in self._channels.get(key, {}).values():
+            if member.dialect is dialect:
+                member.send_nowait(item)
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask every member to close (e.g. 1001 at shutdown)."""
+        for member in self:
+            member.close(code, reason)

@@ -1,0 +1,131 @@
+"""One connection in one channel: its identity, its bounded outgoing queue and its writer task.
+
+Fan-out only ever calls the synchronous `send_nowait`; the writer task is the one place that awaits
+the socket, so a slow member slows nobody else. A member whose queue would pass its byte limit is
+closed with 4008 and its queue dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from app.errors import CloseCode
+from app.protocol import Dialect, Frame
+from app.records import ChannelKey
+
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+CloseSocket = Callable[[int, str], Awaitable[None]]
+
+
+class Outgoing:
+    """A frame ready for the socket: the ASGI event is built once and shared by every member."""
+
+    __slots__ = ("event", "size")
+
+    def __init__(self, frame: Frame) -> None:
+        if isinstance(frame, bytes):
+            self.event: dict[str, Any] = {"type": "websocket.send", "bytes": frame, "text": None}
+        else:
+            self.event = {"type": "websocket.send", "bytes": None, "text": frame}
+        self.size = len(frame)
+
+
+class MemberState(Enum):
+    OPEN = "open"  # in the hub, queue accepting frames
+    CLOSING = "closing"  # a close is requested; the writer sends what is queued, then closes
+    CLOSED = "closed"  # the close frame is sent or the peer has gone
+
+
+@dataclass(eq=False)
+class Member:
+    """A connection's identity and flags, as shown by the connections view."""
+
+    local_id: int
+    dialect: Dialect
+    key: ChannelKey
+    client_id: str
+    uuid: str
+    user: str | None
+    username: str | None
+    notify_self: bool
+    persistent: bool
+    presence: bool
+    origin: str | None
+    remote: str | None
+    max_queue_bytes: int
+    connected_at: float = field(default_factory=time.time)
+    messages_in: int = 0
+    messages_out: int = 0
+    state: MemberState = MemberState.OPEN
+    close_code: int = CloseCode.GOING_AWAY
+    close_reason: str = ""
+    queued_bytes: int = 0
+    _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def send_nowait(self, item: Outgoing) -> None:
+        """Queue a frame without waiting; an overflow closes the member with 4008."""
+        if self.state is not MemberState.OPEN:
+            return
+        if self.queued_bytes + item.size > self.max_queue_bytes:
+            self._queue.clear()
+            self.queued_bytes = 0
+            self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
+            return
+        self._queue.append(item)
+        self.queued_bytes += item.size
+        self._wakeup.set()
+
+    def send_frame(self, frame: Frame) -> None:
+        """Queue a frame meant for this member alone (replies, errors, counts)."""
+        self.send_nowait(Outgoing(frame))
+
+    def send_first(self, frame: Frame) -> None:
+        """Put a frame ahead of everything queued (the welcome, queued before the writer starts)."""
+        item = Outgoing(frame)
+        self._queue.appendleft(item)
+        self.queued_bytes += item.size
+        self._wakeup.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Ask the writer to send what is queued, then close with `code`; idempotent."""
+        if self.state is not MemberState.OPEN:
+            return
+        self.state = MemberState.CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        self._wakeup.set()
+
+    def mark_gone(self) -> None:
+        """The peer went away: nothing more will be written."""
+        self.state = MemberState.CLOSED
+        self._queue.clear()
+        self.queued_bytes = 0
+        self._wakeup.set()
+
+    async def run_writer(self, send: ASGISend, close_socket: CloseSocket) -> None:
+        """Write queued frames in order until closed; then send the close frame."""
+        queue = self._queue
+        while True:
+            while queue:
+                item = queue.popleft()
+                self.queued_bytes -= item.size
+                await send(item.event)
+                self.messages_out += 1
+            if self.state is not MemberState.OPEN:
+                break
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.state is MemberState.CLOSING:
+            self.state = MemberState.CLOSED
+            await close_socket(self.close_code, self.close_reason)

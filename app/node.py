@@ -1,0 +1,176 @@
+"""This process: the publish pipeline (stamp -> store if persistent -> broker) and the broker's
+handler that hands every record to the local hub. Routes talk to the node, never to the hub,
+broker or store directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from typing import Any
+
+from app.broker.base import Broker
+from app.config import Settings
+from app.hub import Hub
+from app.member import Member, Outgoing
+from app.protocol import Dialect, connections_frame
+from app.query import validate_query
+from app.records import ChannelKey, Record, now_ms, record_id
+from app.store.base import App, Store
+
+log = logging.getLogger(__name__)
+
+COUNTS_INTERVAL = 0.25  # seconds between coalesced `connections` frames of one channel
+
+
+class Node:
+    """Owns the hub and the connections to the broker and the store."""
+
+    def __init__(self, settings: Settings, store: Store, broker: Broker) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.hub = Hub()
+        self.id = secrets.token_hex(4)
+        self._member_ids = itertools.count(1)
+        self._apps: dict[str, App] = {}
+        self._seeded: set[ChannelKey] = set()
+        self._dirty_counts: set[ChannelKey] = set()
+        self._sent_counts: dict[ChannelKey, int] = {}
+        self._counts_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.broker.start(self._deliver)
+        self._counts_task = asyncio.create_task(self._push_counts(), name="connection-counts")
+
+    async def drain(self) -> None:
+        """Close every member with 1001 and wait (bounded) until they are gone."""
+        self.hub.close_all(1001, "server shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout
+        while len(self.hub) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Drain the members, then disconnect from the broker."""
+        await self.drain()
+        if self._counts_task is not None:
+            self._counts_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counts_task
+        await self.broker.close()
+
+    # apps ---------------------------------------------------------------------------------------
+
+    async def app_by_key(self, key: str) -> App | None:
+        """The app owning `key`; positive answers are cached for the life of the process."""
+        app = self._apps.get(key)
+        if app is None:
+            app = await self.store.app_by_key(key)
+            if app is not None:
+                self._apps[key] = app
+        return app
+
+    # members ------------------------------------------------------------------------------------
+
+    def next_member_id(self) -> int:
+        return next(self._member_ids)
+
+    def _member_ref(self, member: Member) -> str:
+        return f"{self.id}:{member.local_id}"
+
+    async def join(self, member: Member) -> int:
+        """Add a member to its channel (subscribing the node for the first); returns the count."""
+        key = member.key
+        first = self.hub.add_member(member)
+        try:
+            if first:
+                await self.broker.subscribe(key)
+            await self._seed(key)
+            count = await self.broker.add_connection(key, self._member_ref(member))
+        except BaseException:
+            if self.hub.remove_member(member):
+                await self.broker.unsubscribe(key)
+            raise
+        self._dirty_counts.add(key)
+        return count
+
+    async def leave(self, member: Member) -> None:
+        """Remove a member; unsubscribes the node after the channel's last local member."""
+        key = member.key
+        last = self.hub.remove_member(member)
+        await self.broker.remove_connection(key, self._member_ref(member))
+        if last:
+            await self.broker.unsubscribe(key)
+        self._dirty_counts.add(key)
+
+    async def count(self, key: ChannelKey) -> int:
+        return await self.broker.count_connections(key)
+
+    async def position(self, key: ChannelKey) -> tuple[str, int]:
+        """The channel's epoch and latest seq, for the welcome frame."""
+        await self._seed(key)
+        return self.broker.epoch(key), await self.broker.last_seq(key)
+
+    async def _seed(self, key: ChannelKey) -> None:
+        """Start the channel's seq above what the store holds (once per process and channel)."""
+        if key not in self._seeded:
+            await self.broker.raise_seq(key, await self.store.last_seq(*key))
+            self._seeded.add(key)
+
+    async def _push_counts(self) -> None:
+        """Send changed counts to c8 members, at most once per interval per channel."""
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL)
+            dirty, self._dirty_counts = self._dirty_counts, set()
+            for key in dirty:
+                try:
+                    count = await self.broker.count_connections(key)
+                except Exception:
+                    log.exception("counting connections of %s failed", key)
+                    self._dirty_counts.add(key)
+                    continue
+                if not self.hub.members(key):
+                    self._sent_counts.pop(key, None)
+                elif self._sent_counts.get(key) != count:
+                    self._sent_counts[key] = count
+                    self.hub.send_to_dialect(key, Dialect.C8, Outgoing(connections_frame(count)))
+
+    # records ------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        key: ChannelKey,
+        *,
+        data: Any,
+        client_id: str,
+        username: str | None = None,
+        text: str | None = None,
+        binary: bytes | None = None,
+        persistent: bool = False,
+        sender: Member | None = None,
+    ) -> Record:
+        """Stamp a record, commit it first when persistent, then hand it to the broker."""
+        await self._seed(key)
+        seq = await self.broker.next_seq(key)
+        stored = persistent and binary is None
+        record = Record(
+            app=key[0], channel=key[1], seq=seq, id=record_id(seq), client_id=client_id,
+            created=now_ms(), data=data, username=username, text=text, binary=binary,
+            persistent=stored, node=self.id, sender=None if sender is None else sender.local_id,
+        )
+        if stored:
+            await self.store.append_record(record)
+        await self.broker.publish(record)
+        return record
+
+    def _deliver(self, record: Record) -> None:
+        skip = record.sender if record.node == self.id else None
+        self.hub.fan_out(record, skip)
+
+    async def search(self, key: ChannelKey, raw_query: Any) -> dict[str, Any]:
+        """Validate and run a QUERY over the channel's stored records."""
+        return await self.store.search_records(key[0], key[1], validate_query(raw_query))

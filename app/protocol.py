@@ -1,0 +1,186 @@
+"""Sans-I/O wire protocol: inbound frames -> typed commands; records and events -> encoded frames.
+
+Nothing here awaits or touches a socket, so both dialects are tested by feeding strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+from marshmallow import ValidationError
+
+from app.errors import ClientError, ErrorCode
+from app.records import Record
+from app.schemas import C8_FRAME_SCHEMAS, first_error
+
+Frame = str | bytes
+
+
+class Dialect(str, Enum):
+    C8 = "c8"
+    PIESOCKET = "piesocket"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """`cmd_ping`: answer `{"system":"pong"}` to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """`cmd_status`: answer the channel's connection count to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A piesocket text frame to relay verbatim (and store, on a persistent connection)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBinary:
+    """A binary frame: relayed as binary, never stored."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """A c8 publish; with `rid` the sender gets a reply carrying the record."""
+
+    data: Any
+    rid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """A c8 search; `query` is the raw QUERY, validated by the search pipeline."""
+
+    rid: str | None
+    query: Any
+
+
+Command = Ping | Status | Relay | RelayBinary | Publish | Search
+
+PONG = '{"system":"pong"}'
+COMMANDS: dict[str, Command] = {"cmd_ping": Ping(), "cmd_status": Status()}
+
+
+def _command(text: str) -> Command:
+    command = COMMANDS.get(text)
+    if command is None:
+        name = text[:40]
+        raise ClientError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {name!r}")
+    return command
+
+
+def parse_piesocket(frame: Frame) -> Command:
+    """A piesocket frame: `cmd_…` commands are answered, everything else is relayed."""
+    if isinstance(frame, bytes):
+        return RelayBinary(frame)
+    if frame.startswith("cmd_"):
+        return _command(frame)
+    return Relay(frame)
+
+
+def parse_c8(frame: Frame) -> Command:
+    """A c8 frame: a JSON object with one known top-level key, or the raw text of a command."""
+    if isinstance(frame, bytes):
+        raise ClientError(ErrorCode.INVALID_JSON, "binary frames are not accepted on /c8")
+    if frame.startswith("cmd_"):
+        return _command(frame)
+    try:
+        value = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ClientError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ClientError(
+            ErrorCode.INVALID_JSON, "frame must be a JSON object with exactly one key"
+        )
+    ((kind, body),) = value.items()
+    schema = C8_FRAME_SCHEMAS.get(kind)
+    if schema is None:
+        raise ClientError(ErrorCode.UNKNOWN_COMMAND, f"unknown frame kind {kind[:40]!r}")
+    if not isinstance(body, dict):
+        raise ClientError(ErrorCode.INVALID_JSON, f"{kind!r} must be a JSON object")
+    try:
+        fields = schema.load(body)
+    except ValidationError as error:
+        rid = body.get("rid") if isinstance(body.get("rid"), str) else None
+        code = ErrorCode.INVALID_QUERY if kind == "search" else ErrorCode.INVALID_JSON
+        raise ClientError(code, f"{kind}: {first_error(error)}", rid) from None
+    if kind == "publish":
+        return Publish(fields.get("data"), fields.get("rid"))
+    return Search(fields.get("rid"), fields["query"])
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def piesocket_frame(record: Record) -> Frame:
+    """What piesocket members receive: the original text, or the c8 data as text."""
+    if record.binary is not None:
+        return record.binary
+    if record.text is not None:
+        return record.text
+    if isinstance(record.data, str):
+        return record.data
+    return _json(record.data)
+
+
+def c8_message_frame(record: Record) -> str | None:
+    """What c8 members receive: `{"message":RECORD}`; binary frames have no c8 form."""
+    if record.binary is not None:
+        return None
+    return _json({"message": record.public()})
+
+
+def data_from_text(text: str) -> Any:
+    """Bridging: a piesocket frame's data is its JSON value, or the string itself."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def status_frame(connections: int) -> str:
+    return '{"system":{"connection_count":%d}}' % connections
+
+
+def fatal_frame(message: str) -> str:
+    return _json({"error": message})
+
+
+def error_frame(dialect: Dialect, code: str, message: str, rid: str | None = None) -> str:
+    """A non-fatal error in the member's dialect."""
+    if dialect is Dialect.PIESOCKET:
+        return _json({"system": {"error": {"code": code, "message": message}}})
+    body: dict[str, Any] = {"code": code, "message": message}
+    if rid is not None:
+        body["rid"] = rid
+    return _json({"error": body})
+
+
+def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connections: int) -> str:
+    return _json(
+        {"welcome": {"client_id": client_id, "channel": channel, "epoch": epoch, "seq": seq,
+                     "connections": connections}}
+    )
+
+
+def connections_frame(connections: int) -> str:
+    return '{"connections":%d}' % connections
+
+
+def reply_frame(rid: str | None, body: dict[str, Any]) -> str:
+    """The answer to a request: `{"reply":{"rid":…, …body}}`."""
+    return _json({"reply": {"rid": rid, **body}})
+
+
+def recovered_frame(ok: bool, count: int = 0) -> str:
+    return _json({"recovered": {"ok": True, "count": count} if ok else {"ok": False}})

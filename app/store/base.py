@@ -1,0 +1,78 @@
+"""The Store seam: durable records, search over them, and the apps (keys and secrets)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.records import Record
+
+
+@dataclass(frozen=True)
+class App:
+    """A tenant: its public api key, its server-side secret and its per-app settings."""
+
+    id: str
+    name: str
+    key: str
+    secret: str
+    created: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(ABC):
+    """Where persistent records, apps and saved widgets live.
+
+    Guarantees every implementation keeps:
+    - `append_record` returns only once the record is committed (durable against a process crash);
+      records appended on one node commit in the order they were appended. On failure it raises
+      `NotStored` and the record is absent.
+    - Reads (`search_records`, `read_range`) see every record whose append has returned and never
+      block the event loop; they do not wait for a pending batch.
+    - Records are only ever added, never changed.
+    """
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush pending appends, then disconnect."""
+
+    @abstractmethod
+    async def create_app(self, name: str, key: str, secret: str) -> App:
+        """Add an app; raises `StoreError` when the name or key is taken."""
+
+    @abstractmethod
+    async def set_app_secret(self, app_id: str, secret: str) -> None:
+        """Replace an app's secret."""
+
+    @abstractmethod
+    async def app_by_key(self, key: str) -> App | None:
+        """The app owning `key`, if any."""
+
+    @abstractmethod
+    async def app_by_name(self, name: str) -> App | None:
+        """The app called `name`, if any."""
+
+    @abstractmethod
+    async def list_apps(self) -> list[App]:
+        """Every app, oldest first."""
+
+    @abstractmethod
+    async def append_record(self, record: Record) -> None:
+        """Commit one record, batched with others appended meanwhile (group commit)."""
+
+    @abstractmethod
+    async def last_seq(self, app: str, channel: str) -> int:
+        """The highest stored `seq` of the channel, 0 if none."""
+
+    @abstractmethod
+    async def read_range(self, app: str, channel: str, after_seq: int, limit: int) -> list[Record]:
+        """Stored records with `seq > after_seq`, in order, at most `limit`."""
+
+    @abstractmethod
+    async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
+        """Run a validated QUERY: `{"total", "items"}` or, with groupBy, `{"total", "groups"}`."""

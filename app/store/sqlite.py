@@ -1,0 +1,220 @@
+"""The embedded store: one SQLite file in WAL mode, one writer connection doing group commit, and
+a separate reader connection so a search never waits for a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from app.errors import NotStored, StoreError
+from app.query import compile_search, group_value
+from app.records import Record, now_ms
+from app.store.base import App, Store
+
+log = logging.getLogger(__name__)
+
+_INSERT = (
+    "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_APP_COLUMNS = "id, name, key, secret, created, settings"
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("app.store") / "migrations" / "sqlite"
+    found = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(found)
+
+
+def _app(row: Any) -> App:
+    return App(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))
+
+
+def _row(record: Record) -> tuple[Any, ...]:
+    return (record.app, record.channel, record.seq, record.id, record.client_id, record.created,
+            record.username, orjson.dumps(record.data).decode(), record.text)
+
+
+class SqliteStore(Store):
+    """Appends are queued and committed by one task, many per transaction."""
+
+    def __init__(self, path: str, commit_interval_ms: float = 0.0) -> None:
+        self._path = path
+        self._interval = commit_interval_ms / 1000
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._writer.execute("PRAGMA synchronous=NORMAL")
+        await self._writer.execute("PRAGMA busy_timeout=5000")
+        await self._migrate(self._writer)
+        self._reader = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        for number, sql in _migrations():
+            if number > version:
+                log.info("applying migration %04d", number)
+                await db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            self._committer.cancel()
+            try:
+                await self._committer
+            except asyncio.CancelledError:
+                pass
+            await self._flush()
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("store is not open")
+        return self._writer
+
+    @property
+    def _read_db(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("store is not open")
+        return self._reader
+
+    # apps -------------------------------------------------------------------------------------
+
+    async def create_app(self, name: str, key: str, secret: str) -> App:
+        app = App(id=name, name=name, key=key, secret=secret, created=now_ms())
+        try:
+            await self._db.execute(
+                f"INSERT INTO apps ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, '{{}}')",
+                (app.id, app.name, app.key, app.secret, app.created),
+            )
+        except aiosqlite.IntegrityError as error:
+            raise StoreError(f"an app with this name or key exists already ({error})") from None
+        return app
+
+    async def set_app_secret(self, app_id: str, secret: str) -> None:
+        await self._db.execute("UPDATE apps SET secret = ? WHERE id = ?", (secret, app_id))
+
+    async def _one_app(self, where: str, value: str) -> App | None:
+        async with self._read_db.execute(
+            f"SELECT {_APP_COLUMNS} FROM apps WHERE {where} = ?", (value,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _app(row) if row else None
+
+    async def app_by_key(self, key: str) -> App | None:
+        return await self._one_app("key", key)
+
+    async def app_by_name(self, name: str) -> App | None:
+        return await self._one_app("name", name)
+
+    async def list_apps(self) -> list[App]:
+        async with self._read_db.execute(
+            f"SELECT {_APP_COLUMNS} FROM apps ORDER BY created, name"
+        ) as cursor:
+            return [_app(row) for row in await cursor.fetchall()]
+
+    # records ----------------------------------------------------------------------------------
+
+    async def append_record(self, record: Record) -> None:
+        if self._committer is None or self._committer.done():
+            raise NotStored("the store is not accepting records")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        self._wakeup.set()
+        await future
+
+    async def _commit_loop(self) -> None:
+        """Commit whatever is pending in one transaction; what arrives meanwhile waits its turn."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._interval:
+                await asyncio.sleep(self._interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        db = self._db
+        try:
+            await db.execute("BEGIN")
+            await db.executemany(_INSERT, [_row(record) for record, _ in batch])
+            await db.execute("COMMIT")
+        except Exception as error:  # the whole batch fails together; each sender is told
+            log.error("commit of %d records failed: %s", len(batch), error)
+            try:
+                await db.execute("ROLLBACK")
+            except aiosqlite.Error:
+                pass
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(NotStored(f"record not stored: {error}"))
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def last_seq(self, app: str, channel: str) -> int:
+        async with self._read_db.execute(
+            "SELECT MAX(seq) FROM records WHERE app = ? AND channel = ?", (app, channel)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def read_range(self, app: str, channel: str, after_seq: int, limit: int) -> list[Record]:
+        async with self._read_db.execute(
+            "SELECT seq, id, client_id, created, username, data, text FROM records "
+            "WHERE app = ? AND channel = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (app, channel, after_seq, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            Record(app=app, channel=channel, seq=row[0], id=row[1], client_id=row[2],
+                   created=row[3], username=row[4], data=orjson.loads(row[5]), text=row[6],
+                   persistent=True)
+            for row in rows
+        ]
+
+    async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
+        compiled = compile_search(app, channel, query)
+        db = self._read_db
+        async with db.execute(compiled.count_sql, compiled.count_params) as cursor:
+            row = await cursor.fetchone()
+        total = int(row[0]) if row else 0
+        async with db.execute(compiled.sql, compiled.params) as cursor:
+            rows = await cursor.fetchall()
+        if compiled.groups:
+            groups = [{"value": group_value(v, t), "count": c} for v, t, c in rows]
+            return {"total": total, "groups": groups}
+        items = [
+            {"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
+             "username": r[4], "seq": r[5]}
+            for r in rows
+        ]
+        return {"total": total, "items": items}

@@ -1,0 +1,191 @@
+"""The WebSocket routes: handshake checks, then a read loop turning frames into node calls.
+
+Refusals are accepted at the WebSocket level, sent one fatal frame and closed with a 4xxx code,
+so a browser can read why. Outgoing frames go through the member's queue and writer only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, cast
+
+from marshmallow import ValidationError
+from quart import Blueprint, current_app, websocket
+
+from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
+from app.member import ASGISend, Member, MemberState
+from app.node import Node
+from app.protocol import (
+    PONG,
+    Command,
+    Dialect,
+    Frame,
+    Ping,
+    Publish,
+    Relay,
+    RelayBinary,
+    Search,
+    Status,
+    data_from_text,
+    error_frame,
+    fatal_frame,
+    parse_c8,
+    parse_piesocket,
+    reply_frame,
+    status_frame,
+    welcome_frame,
+)
+from app.records import new_client_id
+from app.schemas import CHANNEL_PATTERN, first_error, load_connect_params
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("ws", __name__)
+RAW_SEND = "c8ws.send"
+
+
+def current_node() -> Node:
+    return cast(Node, current_app.extensions["c8ws.node"])
+
+
+@blueprint.websocket("/v3", defaults={"channel": ""})
+@blueprint.websocket("/v3/", defaults={"channel": ""})
+@blueprint.websocket("/v3/<path:channel>")
+async def piesocket_route(channel: str) -> None:
+    await serve(Dialect.PIESOCKET, channel)
+
+
+@blueprint.websocket("/c8", defaults={"channel": ""})
+@blueprint.websocket("/c8/", defaults={"channel": ""})
+@blueprint.websocket("/c8/<path:channel>")
+async def c8_route(channel: str) -> None:
+    await serve(Dialect.C8, channel)
+
+
+async def admit(node: Node, dialect: Dialect, channel: str) -> Member:
+    """Run the handshake checks and build the member; raises `Refusal`."""
+    try:
+        params = load_connect_params(websocket.args.to_dict())
+    except ValidationError as error:
+        raise Refusal(CloseCode.POLICY, f"invalid parameter {first_error(error)}") from None
+    if not params["api_key"]:
+        raise Refusal(CloseCode.UNKNOWN_KEY, "Missing api_key.")
+    app = await node.app_by_key(params["api_key"])
+    if app is None:
+        raise Refusal(CloseCode.UNKNOWN_KEY, "Unknown api key.")
+    if not CHANNEL_PATTERN.fullmatch(channel):
+        raise Refusal(
+            CloseCode.BAD_CHANNEL,
+            "Invalid channel id: use 1 to 64 letters, digits, '_' or '-'.",
+        )
+    client_id = params["client_id"] or new_client_id()
+    return Member(
+        local_id=node.next_member_id(),
+        dialect=dialect,
+        key=(app.id, channel),
+        client_id=client_id,
+        uuid=params["uuid"] or client_id,
+        user=params["user"],
+        username=None,
+        notify_self=params["notify_self"],
+        persistent=params["persistent"],
+        presence=params["presence"],
+        origin=websocket.headers.get("Origin"),
+        remote=websocket.remote_addr,
+        max_queue_bytes=node.settings.max_queue_bytes,
+    )
+
+
+async def refuse(refusal: Refusal) -> None:
+    await websocket.accept()
+    await websocket.send(fatal_frame(refusal.message))
+    await websocket.close(int(refusal.close_code), refusal.message[:120])
+
+
+async def serve(dialect: Dialect, channel: str) -> None:
+    node = current_node()
+    try:
+        member = await admit(node, dialect, channel)
+        connections = await node.join(member)
+    except Refusal as refusal:
+        await refuse(refusal)
+        return
+    writer: asyncio.Task[None] | None = None
+    try:
+        if dialect is Dialect.C8:
+            epoch, seq = await node.position(member.key)
+            member.send_first(
+                welcome_frame(member.client_id, member.key[1], epoch, seq, connections)
+            )
+        await websocket.accept()
+        send = cast(ASGISend, websocket.scope[RAW_SEND])  # type: ignore[typeddict-item]
+        writer = asyncio.create_task(member.run_writer(send, websocket.close))
+        await read_loop(node, member)
+        await writer
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("connection to %s failed", member.key)
+        member.close(CloseCode.INTERNAL, "internal error")
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, node.settings.shutdown_timeout)
+    finally:
+        member.mark_gone()
+        if writer is not None and not writer.done():
+            writer.cancel()
+        await node.leave(member)
+
+
+async def read_loop(node: Node, member: Member) -> None:
+    """Handle the member's frames until it closes or is closed."""
+    parse = parse_c8 if member.dialect is Dialect.C8 else parse_piesocket
+    limit = node.settings.max_frame_bytes
+    while member.state is MemberState.OPEN:
+        frame: Frame = await websocket.receive()
+        member.messages_in += 1
+        if len(frame) > limit // 4 and _size(frame) > limit:
+            member.send_frame(fatal_frame(f"Message too large: the limit is {limit} bytes."))
+            member.close(CloseCode.TOO_LARGE, "message too large")
+            return
+        try:
+            await handle(node, member, parse(frame))
+        except ClientError as error:
+            member.send_frame(error_frame(member.dialect, error.code, error.message, error.rid))
+
+
+def _size(frame: Frame) -> int:
+    return len(frame) if isinstance(frame, bytes) else len(frame.encode())
+
+
+async def handle(node: Node, member: Member, command: Command) -> None:
+    """Carry out one command for a member."""
+    if isinstance(command, Relay):
+        await _publish(node, member, None, data=data_from_text(command.text), text=command.text)
+    elif isinstance(command, Publish):
+        await _publish(node, member, command.rid, data=command.data)
+    elif isinstance(command, RelayBinary):
+        await _publish(node, member, None, data=None, binary=command.data)
+    elif isinstance(command, Ping):
+        member.send_frame(PONG)
+    elif isinstance(command, Status):
+        member.send_frame(status_frame(await node.count(member.key)))
+    elif isinstance(command, Search):
+        try:
+            result = await node.search(member.key, command.query)
+        except ClientError as error:
+            raise ClientError(error.code, error.message, command.rid) from None
+        member.send_frame(reply_frame(command.rid, result))
+
+
+async def _publish(node: Node, member: Member, rid: str | None, **message: Any) -> None:
+    try:
+        record = await node.publish(
+            member.key, client_id=member.client_id, username=member.username,
+            persistent=member.persistent, sender=member, **message,
+        )
+    except NotStored as error:
+        raise ClientError(ErrorCode.NOT_STORED, str(error), rid) from None
+    if rid is not None:
+        member.send_frame(reply_frame(rid, {"record": record.public()}))
