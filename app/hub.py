@@ -25,15 +25,15 @@ class Hub:
         members[member.local_id] = member
         return len(members) == 1
 
-    def remove_member(self, member: Member) -> bool:
-        """Remove a member; True when it was the channel's last on this node."""
+    def remove_member(self, member: Member) -> tuple[bool, bool]:
+        """Remove a member: (whether it was here, whether it was the channel's last)."""
         members = self._channels.get(member.key)
         if members is None or members.pop(member.local_id, None) is None:
-            return False
+            return False, False
         if not members:
             del self._channels[member.key]
-            return True
-        return False
+            return True, True
+        return True, False
 
     def members(self, key: ChannelKey) -> list[Member]:
         return list(self._channels.get(key, {}).values())
@@ -83,8 +83,3 @@ class Hub:
         for member in self._channels.get(key, {}).values():
             if member.dialect is dialect:
                 member.send_nowait(item)
-
-    def close_all(self, code: int, reason: str) -> None:
-        """Ask every member to close (e.g. 1001 at shutdown)."""
-        for member in self:
-            member.close(code, reason)

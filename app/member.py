@@ -8,6 +8,7 @@ closed with 4008 and its queue dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,8 @@ from typing import Any
 from app.errors import CloseCode
 from app.protocol import Dialect, Frame
 from app.records import ChannelKey
+
+log = logging.getLogger(__name__)
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 CloseSocket = Callable[[int, str], Awaitable[None]]
@@ -66,6 +69,7 @@ class Member:
     close_code: int = CloseCode.GOING_AWAY
     close_reason: str = ""
     queued_bytes: int = 0
+    on_close: Callable[[Member], None] | None = field(default=None, repr=False)
     _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -78,6 +82,8 @@ class Member:
         if self.state is not MemberState.OPEN:
             return
         if self.queued_bytes + item.size > self.max_queue_bytes:
+            log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
+                     self.client_id, self.key, self.queued_bytes)
             self._queue.clear()
             self.queued_bytes = 0
             self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
@@ -105,6 +111,8 @@ class Member:
         self.close_code = code
         self.close_reason = reason
         self._wakeup.set()
+        if self.on_close is not None:
+            self.on_close(self)
 
     def mark_gone(self) -> None:
         """The peer went away: nothing more will be written."""

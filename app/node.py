@@ -14,6 +14,7 @@ from typing import Any
 
 from app.broker.base import Broker
 from app.config import Settings
+from app.errors import CloseCode
 from app.hub import Hub
 from app.member import Member, Outgoing
 from app.protocol import Dialect, connections_frame
@@ -41,6 +42,8 @@ class Node:
         self._dirty_counts: set[ChannelKey] = set()
         self._sent_counts: dict[ChannelKey, int] = {}
         self._counts_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._live: set[Member] = set()  # every connection until its socket is done
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
@@ -48,10 +51,11 @@ class Node:
 
     async def drain(self) -> None:
         """Close every member with 1001 and wait (bounded) until they are gone."""
-        self.hub.close_all(1001, "server shutting down")
+        for member in list(self._live):
+            member.close(CloseCode.GOING_AWAY, "server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
-        while len(self.hub) and loop.time() < deadline:
+        while self._live and loop.time() < deadline:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -92,20 +96,36 @@ class Node:
             await self._seed(key)
             count = await self.broker.add_connection(key, self._member_ref(member))
         except BaseException:
-            if self.hub.remove_member(member):
+            if self.hub.remove_member(member)[1]:
                 await self.broker.unsubscribe(key)
             raise
+        member.on_close = self._leave_soon
+        self._live.add(member)
         self._dirty_counts.add(key)
         return count
 
     async def leave(self, member: Member) -> None:
-        """Remove a member; unsubscribes the node after the channel's last local member."""
+        """The member's socket is done: forget it."""
+        self._live.discard(member)
+        await self._leave_channel(member)
+
+    async def _leave_channel(self, member: Member) -> None:
+        """Take a member out of its channel (once; later calls do nothing); unsubscribes the
+        node after the channel's last local member."""
         key = member.key
-        last = self.hub.remove_member(member)
+        removed, last = self.hub.remove_member(member)
+        if not removed:
+            return
+        self._dirty_counts.add(key)
         await self.broker.remove_connection(key, self._member_ref(member))
         if last:
             await self.broker.unsubscribe(key)
-        self._dirty_counts.add(key)
+
+    def _leave_soon(self, member: Member) -> None:
+        """A member asked to close leaves its channel at once, not when its socket is done."""
+        task = asyncio.create_task(self._leave_channel(member))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def count(self, key: ChannelKey) -> int:
         return await self.broker.count_connections(key)
