@@ -20,6 +20,7 @@ from app.store.base import App, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("c8ws")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -91,6 +92,6 @@ def create_app(
 
     app.register_blueprint(ws.blueprint)
     app.register_blueprint(api.blueprint)
-    app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return app

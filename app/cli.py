@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
 import secrets
 import signal
 import socket
@@ -78,7 +78,7 @@ def serve(args: argparse.Namespace) -> None:
         await stop.wait()
         await node.drain()
 
-    asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))  # type: ignore[arg-type]
+    asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
 
 
 async def _keys(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes we send; the docstring of each member says what the client should do."""
+    """WebSocket close codes we send; each comment says what the client should do."""
 
     GOING_AWAY = 1001  # server shutting down: reconnect with `since`
     POLICY = 1008  # a connection parameter is malformed: fix it, do not reconnect as is

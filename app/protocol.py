@@ -6,7 +6,7 @@ Nothing here awaits or touches a socket, so both dialects are tested by feeding 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -19,7 +19,7 @@ from app.schemas import C8_FRAME_SCHEMAS, first_error
 Frame = str | bytes
 
 
-class Dialect(str, Enum):
+class Dialect(StrEnum):
     C8 = "c8"
     PIESOCKET = "piesocket"
 
@@ -149,7 +149,7 @@ def data_from_text(text: str) -> Any:
 
 
 def status_frame(connections: int) -> str:
-    return '{"system":{"connection_count":%d}}' % connections
+    return f'{{"system":{{"connection_count":{connections:d}}}}}'
 
 
 def fatal_frame(message: str) -> str:
@@ -174,7 +174,7 @@ def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connection
 
 
 def connections_frame(connections: int) -> str:
-    return '{"connections":%d}' % connections
+    return f'{{"connections":{connections:d}}}'
 
 
 def reply_frame(rid: str | None, body: dict[str, Any]) -> str:

@@ -133,10 +133,7 @@ def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSea
     group_by = query["groupBy"]
     if group_by is not None:
         value = select.value_expr(group_by)
-        if group_by in COLUMNS:
-            kind = "NULL"
-        else:
-            kind = f"COALESCE({select.type_expr(group_by)}, 'null')"
+        kind = "NULL" if group_by in COLUMNS else f"COALESCE({select.type_expr(group_by)}, 'null')"
         sql = (f"SELECT {value} AS v, {kind} AS t, COUNT(*) AS c FROM records "
                f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, t, v LIMIT ? OFFSET ?")
         params = [*select.params, *where.params, query["limit"], query["offset"]]

@@ -46,7 +46,7 @@ def first_error(error: ValidationError) -> str:
     return walk(error.messages, [])
 
 
-class Flag(fields.Field):
+class Flag(fields.Field):  # type: ignore[type-arg]
     """A query-string boolean: bare key, `1`, `true` are on; `0`, `false` are off."""
 
     TRUE = frozenset({"", "1", "true"})
@@ -68,7 +68,7 @@ class ConnectParams(Schema):
         unknown = EXCLUDE
 
     api_key = fields.String(load_default=None)
-    apiKey = fields.String(load_default=None)  # noqa: N815 - PieSocket's spelling
+    apiKey = fields.String(load_default=None)
     notify_self = Flag(load_default=False)
     persistent = Flag(load_default=False)
     presence = Flag(load_default=False)
@@ -155,15 +155,15 @@ class QuerySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    sortField = FieldPath(load_default="created")  # noqa: N815 - the wire's spelling
-    sortOrder = fields.String(load_default="asc", validate=validate.OneOf(("asc", "desc")))  # noqa: N815
+    sortField = FieldPath(load_default="created")
+    sortOrder = fields.String(load_default="asc", validate=validate.OneOf(("asc", "desc")))
     offset = StrictInteger(load_default=0, validate=validate.Range(min=0, max=MAX_OFFSET))
     limit = StrictInteger(load_default=10, validate=validate.Range(min=1, max=MAX_LIMIT))
     filters = fields.List(
         fields.Nested(FilterSchema), load_default=list,
         validate=validate.Length(max=MAX_FILTERS, error=f"at most {MAX_FILTERS} filters"),
     )
-    groupBy = FieldPath(load_default=None)  # noqa: N815
+    groupBy = FieldPath(load_default=None)
 
     @pre_load
     def require_object(self, data: Any, **kwargs: Any) -> Any:

@@ -119,7 +119,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
                 welcome_frame(member.client_id, member.key[1], epoch, seq, connections)
             )
         await websocket.accept()
-        send = cast(ASGISend, websocket.scope[RAW_SEND])  # type: ignore[typeddict-item]
+        send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
         await read_loop(node, member)
         await writer

@@ -1,4 +1,4 @@
-"""The piesocket dialect against a live server: relay, notify_self, commands, isolation, refusals."""
+"""The piesocket dialect against a live server: relay, notify_self, commands, refusals."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ a separate reader connection so a search never waits for a batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from importlib import resources
 from pathlib import Path
@@ -81,10 +82,8 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._committer is not None:
             self._committer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
-            except asyncio.CancelledError:
-                pass
             await self._flush()
         for db in (self._reader, self._writer):
             if db is not None:
@@ -168,10 +167,8 @@ class SqliteStore(Store):
             await db.execute("COMMIT")
         except Exception as error:  # the whole batch fails together; each sender is told
             log.error("commit of %d records failed: %s", len(batch), error)
-            try:
+            with contextlib.suppress(aiosqlite.Error):
                 await db.execute("ROLLBACK")
-            except aiosqlite.Error:
-                pass
             for _, future in batch:
                 if not future.done():
                     future.set_exception(NotStored(f"record not stored: {error}"))
