@@ -135,7 +135,7 @@ def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSea
         value = select.value_expr(group_by)
         kind = "NULL" if group_by in COLUMNS else f"COALESCE({select.type_expr(group_by)}, 'null')"
         sql = (f"SELECT {value} AS v, {kind} AS t, COUNT(*) AS c FROM records "
-               f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, t, v LIMIT ? OFFSET ?")
+               f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, v, t LIMIT ? OFFSET ?")
         params = [*select.params, *where.params, query["limit"], query["offset"]]
         return CompiledSearch(sql, params, count_sql, list(where.params), True)
 
@@ -143,7 +143,7 @@ def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSea
     sort = select.value_expr(query["sortField"])
     sql = (f"SELECT id, client_id, created, data, username, seq FROM records "
            f"WHERE {where_sql} ORDER BY {sort} {order}, seq {order} LIMIT ? OFFSET ?")
-    params = [*select.params, *where.params, query["limit"], query["offset"]]
+    params = [*where.params, *select.params, query["limit"], query["offset"]]
     return CompiledSearch(sql, params, count_sql, list(where.params), False)
 
 

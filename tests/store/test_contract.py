@@ -1,0 +1,225 @@
+"""The Store contract, run over every store implementation: appends, ranges, search semantics."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.errors import QueryError, StoreError
+from app.query import validate_query
+from app.records import Record, record_id
+from app.store import create_store
+from app.store.base import Store
+
+pytestmark = pytest.mark.asyncio
+_channels = itertools.count()
+
+SEED_QUERY = {
+    "sortField": "created", "sortOrder": "asc", "offset": 0, "limit": 10,
+    "filters": [{"field": "created", "operator": ">", "value": 1678724096803},
+                {"field": "data.score", "operator": ">", "value": 55}],
+    "groupBy": "data.liked",
+}
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    urls = {"sqlite": f"sqlite:///{tmp_path / 'contract.sqlite3'}"}
+    opened = create_store(urls[request.param])
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def make_records(channel: str, datas: list[Any], start: int = 1678724097000,
+                 **fields: Any) -> list[Record]:
+    return [
+        Record(app="demo", channel=channel, seq=i + 1, id=record_id(i + 1),
+               client_id=fields.get("client_id", f"c{i % 3}"), created=start + i * 1000,
+               data=data, username=fields.get("username", f"user{i % 2}"), persistent=True)
+        for i, data in enumerate(datas)
+    ]
+
+
+async def fill(store: Store, datas: list[Any], **fields: Any) -> str:
+    channel = f"ch{next(_channels)}"
+    for record in make_records(channel, datas, **fields):
+        await store.append_record(record)
+    return channel
+
+
+async def search(store: Store, channel: str, query: dict[str, Any]) -> dict[str, Any]:
+    return await store.search_records("demo", channel, validate_query(query))
+
+
+def datas_of(result: dict[str, Any]) -> list[Any]:
+    return [item["data"] for item in result["items"]]
+
+
+async def test_append_then_read_range_in_order(store: Store) -> None:
+    """Appended records come back from read_range in seq order, after the given position."""
+    channel = await fill(store, [{"n": i} for i in range(5)])
+    records = await store.read_range("demo", channel, 2, 10)
+    assert [r.seq for r in records] == [3, 4, 5]
+    assert [r.data for r in records] == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert await store.last_seq("demo", channel) == 5
+    assert await store.last_seq("demo", "empty") == 0
+
+
+async def test_seed_query_with_group_by(store: Store) -> None:
+    """The PROTOCOL.md QUERY: created and score filters, then counts of data.liked."""
+    datas = [{"score": 60, "liked": True}, {"score": 40, "liked": True},
+             {"score": 90, "liked": False}, {"score": 56, "liked": True},
+             {"score": 55, "liked": False}, {"score": 99}]
+    channel = await fill(store, datas)
+    grouped = await search(store, channel, SEED_QUERY)
+    assert grouped == {"total": 4, "groups": [{"value": True, "count": 2},
+                                              {"value": None, "count": 1},
+                                              {"value": False, "count": 1}]}
+    items = await search(store, channel, {**SEED_QUERY, "groupBy": None} | {"limit": 2})
+    assert items["total"] == 4
+    assert datas_of(items) == [{"score": 60, "liked": True}, {"score": 90, "liked": False}]
+    assert set(items["items"][0]) == {"id", "client_id", "created", "data", "username", "seq"}
+
+
+async def test_created_filter_excludes_older_records(store: Store) -> None:
+    """Records at or before the `created` bound are not found."""
+    channel = await fill(store, [{"score": 80}] * 3, start=1678724095803)
+    result = await search(store, channel, {"filters": SEED_QUERY["filters"]})
+    assert result["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ([{"field": "data.v", "operator": "=", "value": 1}], [1, 1.0]),
+        ([{"field": "data.v", "operator": "=", "value": "1"}], ["1"]),
+        ([{"field": "data.v", "operator": "=", "value": True}], [True]),
+        ([{"field": "data.v", "operator": "=", "value": None}], [None]),
+        ([{"field": "data.v", "operator": "!=", "value": 1}], ["1", True, None, "abc", "MISSING",
+                                                              2.5]),
+        ([{"field": "data.v", "operator": ">", "value": 1}], [2.5]),
+        ([{"field": "data.v", "operator": ">=", "value": 1}], [1, 1.0, 2.5]),
+        ([{"field": "data.v", "operator": "<", "value": 2}], [1, 1.0]),
+        ([{"field": "data.v", "operator": "<=", "value": 1}], [1, 1.0]),
+        ([{"field": "data.v", "operator": ">", "value": "a"}], ["abc"]),
+        ([{"field": "data.v", "operator": "in", "value": [1, "abc", True]}],
+         [1, True, "abc", 1.0]),
+        ([{"field": "data.v", "operator": "nin", "value": [1, "abc", None]}],
+         ["1", True, "MISSING", 2.5]),
+        ([{"field": "data.v", "operator": "contains", "value": "b"}], ["abc"]),
+        ([{"field": "data.v", "operator": "exists", "value": True}],
+         [1, "1", True, None, "abc", 1.0, 2.5]),
+        ([{"field": "data.v", "operator": "exists", "value": False}], ["MISSING"]),
+    ],
+)
+async def test_operators_respect_json_types(
+    store: Store, filters: list[dict[str, Any]], expected: list[Any],
+) -> None:
+    """Numbers match numbers, strings strings, true only true; missing paths are not null."""
+    values = [1, "1", True, None, "abc", "MISSING", 1.0, 2.5]
+    datas = [{} if v == "MISSING" else {"v": v} for v in values]
+    channel = await fill(store, datas)
+    result = await search(store, channel, {"filters": filters, "limit": 100})
+    found = [d.get("v", "MISSING") for d in datas_of(result)]
+    assert sorted(map(repr, found)) == sorted(map(repr, expected))
+    assert result["total"] == len(expected)
+
+
+async def test_column_filters_and_sorting(store: Store) -> None:
+    """Filters on username/client_id/seq, sort by a data path with seq breaking ties."""
+    channel = await fill(store, [{"s": 3}, {"s": 1}, {"s": 3}, {"s": 2}])
+    by_user = await search(store, channel, {"filters": [
+        {"field": "username", "operator": "=", "value": "user0"}]})
+    assert by_user["total"] == 2
+    by_seq = await search(store, channel, {"filters": [
+        {"field": "seq", "operator": "in", "value": [2, 4]}]})
+    assert [item["seq"] for item in by_seq["items"]] == [2, 4]
+    desc = await search(store, channel, {"sortField": "data.s", "sortOrder": "desc"})
+    assert [(i["data"]["s"], i["seq"]) for i in desc["items"]] == [(3, 3), (3, 1), (2, 4), (1, 2)]
+    paged = await search(store, channel, {"sortField": "seq", "offset": 1, "limit": 2})
+    assert [i["seq"] for i in paged["items"]] == [2, 3] and paged["total"] == 4
+
+
+async def test_group_by_keeps_json_types_and_pages(store: Store) -> None:
+    """Group values keep their type (1, "1" and true are three groups); offset/limit page them."""
+    channel = await fill(store, [{"g": 1}, {"g": "1"}, {"g": True}, {"g": True}, {"g": {"o": 1}},
+                                 {}, {"g": None}])
+    result = await search(store, channel, {"groupBy": "data.g", "limit": 100})
+    groups = {orjsonable(g["value"]): g["count"] for g in result["groups"]}
+    assert groups == {"true": 2, "null": 2, "1": 1, '"1"': 1, '{"o":1}': 1}
+    assert result["groups"][0] == {"value": None, "count": 2}  # ties: null, numbers, strings
+    page = await search(store, channel, {"groupBy": "data.g", "offset": 1, "limit": 1})
+    assert page["groups"] == [{"value": True, "count": 2}] and page["total"] == 7
+    users = await search(store, channel, {"groupBy": "username"})
+    assert users["groups"] == [{"value": "user0", "count": 4}, {"value": "user1", "count": 3}]
+
+
+def orjsonable(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ({"filters": [{"field": "data.x') OR 1=1 --", "operator": "=", "value": 1}]}, "unknown field"),
+        ({"filters": [{"field": "data..x", "operator": "=", "value": 1}]}, "unknown field"),
+        ({"filters": [{"field": "__proto__", "operator": "=", "value": 1}]}, "unknown field"),
+        ({"filters": [{"field": "data.x", "operator": "in", "value": list(range(10_000))}]},
+         "at most 100"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 10**9}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"limit": "10"}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"sortOrder": "sideways"}, "sortOrder"),
+        ({"sortField": "password"}, "unknown field"),
+        ({"groupBy": "data.a-b"}, "unknown field"),
+        ({"colour": "red"}, "colour"),
+        ({"filters": [{"field": "data", "operator": "=", "value": 1, "x": 2}]}, "x"),
+        ({"filters": [{"field": "data", "operator": "LIKE", "value": 1}]}, "operator"),
+        ({"filters": [{"field": "data", "operator": "=", "value": {"a": 1}}]}, "value"),
+        ({"filters": [{"field": "data", "operator": "exists", "value": 1}]}, "value"),
+        ({"filters": [{"field": "created", "operator": ">", "value": "yesterday"}]}, "created"),
+        ({"filters": [{"field": "username", "operator": "=", "value": 5}]}, "username"),
+        ({"filters": [{"field": "data.a", "operator": "=", "value": 1}] * 21}, "at most 20"),
+        ({"filters": "all"}, "filters"),
+        ([], "JSON object"),
+        ("QUERY", "JSON object"),
+        (None, "JSON object"),
+    ],
+)
+async def test_hostile_queries_are_invalid_and_change_nothing(
+    store: Store, query: Any, named: str,
+) -> None:
+    """Each hostile or malformed QUERY is an invalid_query naming the problem; data survives."""
+    channel = await fill(store, [{"x": 1}, {"x": 2}])
+    with pytest.raises(QueryError) as caught:
+        await search(store, channel, query)
+    assert named in caught.value.message
+    assert caught.value.code == "invalid_query"
+    assert (await search(store, channel, {}))["total"] == 2
+
+
+async def test_data_path_segments_that_look_dangerous_are_just_keys(store: Store) -> None:
+    """`data.__proto__` is a plain JSON key lookup."""
+    channel = await fill(store, [{"__proto__": 1}, {"y": 1}])
+    result = await search(store, channel, {"filters": [
+        {"field": "data.__proto__", "operator": "exists", "value": True}]})
+    assert result["total"] == 1
+
+
+async def test_apps_are_unique_by_name_and_key(store: Store) -> None:
+    """An app is found by key and by name; a second app with the same key is refused."""
+    created = await store.create_app("quiz", "quizkey", "s" * 24)
+    assert await store.app_by_key("quizkey") == created
+    assert await store.app_by_name("quiz") == created
+    with pytest.raises(StoreError):
+        await store.create_app("quiz2", "quizkey", "t" * 24)
+    assert [app.name for app in await store.list_apps()] == ["quiz"]

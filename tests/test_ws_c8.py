@@ -1,0 +1,140 @@
+"""The c8 dialect against a live server: welcome, publish, replies, counts, bridging, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from tests.live import (
+    UNIT,
+    Server,
+    connect,
+    nothing_within,
+    recv,
+    recv_json,
+    recv_kind,
+)
+
+pytestmark = pytest.mark.asyncio
+
+
+def publish(data: object, rid: str | None = None) -> str:
+    body: dict[str, object] = {"data": data}
+    if rid is not None:
+        body["rid"] = rid
+    return orjson.dumps({"publish": body}).decode()
+
+
+async def test_welcome_is_the_first_frame(server: Server) -> None:
+    """The welcome names the client id, channel, epoch, latest seq and the count with us in it."""
+    async with await connect(server.ws("/c8/welcome?api_key=demo&client_id=w-1")) as client:
+        welcome = (await recv_json(client))["welcome"]
+    assert welcome["client_id"] == "w-1"
+    assert welcome["channel"] == "welcome"
+    assert welcome["connections"] == 1
+    assert isinstance(welcome["epoch"], str) and isinstance(welcome["seq"], int)
+
+
+async def test_publish_reply_and_message_records(server: Server) -> None:
+    """A publish with rid gets the stored record back; others get it as a message."""
+    url = server.ws("/c8/records?api_key=demo")
+    async with await connect(url + "&client_id=alice") as a, await connect(url) as b:
+        await recv_kind(a, "welcome")
+        await recv_kind(b, "welcome")
+        await a.send(publish({"vote": "yes"}, rid="r1"))
+        reply = await recv_kind(a, "reply")
+        record = reply["record"]
+        assert reply["rid"] == "r1"
+        assert set(record) == {"id", "client_id", "created", "data", "username", "seq"}
+        assert record["client_id"] == "alice" and record["data"] == {"vote": "yes"}
+        assert record["username"] is None
+        assert await recv_kind(b, "message") == record
+
+
+async def test_notify_self_applies_to_c8(server: Server) -> None:
+    """With notify_self=1 the publisher gets its own message frame too."""
+    async with await connect(server.ws("/c8/c8self?api_key=demo&notify_self=1")) as a:
+        await recv_kind(a, "welcome")
+        await a.send(publish("hi"))
+        assert (await recv_kind(a, "message"))["data"] == "hi"
+
+
+async def test_errors_are_non_fatal_and_carry_rid(server: Server) -> None:
+    """Malformed frames get error frames (with rid when known); the connection keeps working."""
+    url = server.ws("/c8/errors?api_key=demo")
+    async with await connect(url) as a, await connect(url) as b:
+        await recv_kind(a, "welcome")
+        await recv_kind(b, "welcome")
+        cases = ["{oops", '"string"', '{"shout":{}}', '{"publish":{"rid":"r7"}}',
+                 '{"search":{"rid":"s1","query":[]}}', b"\x00"]
+        codes = []
+        for frame in cases:
+            await a.send(frame)
+            codes.append(await recv_kind(a, "error"))
+        assert [c["code"] for c in codes] == ["invalid_json", "invalid_json", "unknown_command",
+                                              "invalid_json", "invalid_query", "invalid_json"]
+        assert codes[3]["rid"] == "r7" and codes[4]["rid"] == "s1"
+        await a.send(publish("still alive"))
+        assert (await recv_kind(b, "message"))["data"] == "still alive"
+
+
+async def test_commands_work_on_c8(server: Server) -> None:
+    """The raw cmd_ping/cmd_status text frames are answered as in the piesocket dialect."""
+    async with await connect(server.ws("/c8/c8cmd?api_key=demo")) as a:
+        await recv_kind(a, "welcome")
+        await a.send("cmd_ping")
+        assert await recv(a) == '{"system":"pong"}'
+        await a.send("cmd_status")
+        assert await recv(a) == '{"system":{"connection_count":1}}'
+
+
+async def test_bridging_both_ways(server: Server) -> None:
+    """piesocket text becomes a record's data; c8 data reaches piesocket as text."""
+    async with await connect(server.ws("/v3/bridge?api_key=demo")) as pie, \
+            await connect(server.ws("/c8/bridge?api_key=demo")) as c8:
+        await recv_kind(c8, "welcome")
+        await pie.send('{"event":"move","x":3}')
+        assert (await recv_kind(c8, "message"))["data"] == {"event": "move", "x": 3}
+        await pie.send("not json")
+        assert (await recv_kind(c8, "message"))["data"] == "not json"
+        await c8.send(publish({"score": 5}))
+        assert await recv(pie) == '{"score":5}'
+        await c8.send(publish("plain text"))
+        assert await recv(pie) == "plain text"
+
+
+async def test_connection_counts_are_pushed_and_coalesced(server: Server) -> None:
+    """Joins and leaves reach c8 members as `connections` frames, the last value always."""
+    url = server.ws("/c8/counts?api_key=demo")
+    async with await connect(url) as watcher:
+        await recv_kind(watcher, "welcome")
+        others = [await connect(url) for _ in range(5)]
+        counts = []
+        while not counts or counts[-1] != 6:
+            counts.append(await recv_kind(watcher, "connections"))
+        assert len(counts) <= 3  # five joins, coalesced
+        for other in others:
+            await other.close()
+        while counts[-1] != 1:
+            counts.append(await recv_kind(watcher, "connections"))
+
+
+async def test_mass_join_does_not_flood(server: Server) -> None:
+    """500 members joining at once cause a handful of count frames each, not 500."""
+    url = server.ws("/c8/mass?api_key=demo")
+    clients = await asyncio.gather(*(connect(url) for _ in range(500)))
+    try:
+        await asyncio.sleep(1.5 * UNIT)
+        frames = 0
+        last = None
+        for client in clients[:20]:
+            while not await nothing_within(client, 0.05):
+                frames += 1
+            last = await client.send("cmd_status")
+            last = await recv_json(client)
+        assert last == {"system": {"connection_count": 500}}
+        assert frames <= 20 * 12, f"{frames} frames for 20 members"
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
