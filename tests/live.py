@@ -111,7 +111,8 @@ class Server:
 
 
 async def connect(url: str, **kwargs: Any) -> ClientConnection:
-    return await websockets.connect(url, open_timeout=10 * UNIT, **kwargs)
+    """A client that buffers what it does not read (so closing never waits on flow control)."""
+    return await websockets.connect(url, open_timeout=10 * UNIT, max_queue=None, **kwargs)
 
 
 async def recv(client: ClientConnection, timeout: float = 5) -> str | bytes:

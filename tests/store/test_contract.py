@@ -168,7 +168,8 @@ def orjsonable(value: Any) -> str:
 @pytest.mark.parametrize(
     ("query", "named"),
     [
-        ({"filters": [{"field": "data.x') OR 1=1 --", "operator": "=", "value": 1}]}, "unknown field"),
+        ({"filters": [{"field": "data.x') OR 1=1 --", "operator": "=", "value": 1}]},
+         "unknown field"),
         ({"filters": [{"field": "data..x", "operator": "=", "value": 1}]}, "unknown field"),
         ({"filters": [{"field": "__proto__", "operator": "=", "value": 1}]}, "unknown field"),
         ({"filters": [{"field": "data.x", "operator": "in", "value": list(range(10_000))}]},

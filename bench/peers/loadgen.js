@@ -1,0 +1,349 @@
+#!/usr/bin/env node
+// Load generator for bench/fanout.py. Every peer lives in this one process, so the send
+// timestamp embedded in a message and the receive time come from the same clock.
+//
+// Modes:
+//   fanout  N subscribers in one channel, one publisher sending as fast as the server accepts,
+//           with at most WINDOW messages not yet received by a designated subscriber (the last
+//           to join, so the last the server fans out to).
+//   rate    C channels x S subscribers, one publisher per channel, R msgs/s offered in total,
+//           sent in timer-driven batches; reports publish-to-deliver latency.
+//
+// Output: exactly one JSON line on stdout. Progress marks go to stderr ("mark:start" when the
+// measured phase begins, "mark:stop" when it ends) so the orchestrator can sample server CPU.
+// Every phase has a deadline: the process always exits by itself.
+'use strict';
+
+const { performance } = require('node:perf_hooks');
+const WebSocket = require('ws');
+
+const MESSAGE_BYTES = 100;
+const CONNECT_BATCH = 50; // connections opened concurrently, to stay below the listen backlog
+
+function parseArgs(argv) {
+  const opts = {
+    mode: 'fanout',
+    url: 'ws://127.0.0.1:8000/v3',
+    apiKey: 'demo',
+    subscribers: 100,
+    channels: 100,
+    rate: 2000,
+    duration: 10,
+    window: 200,
+    settle: 1.0,
+    drain: 5.0,
+    tick: 5,
+    connectTimeout: 30,
+    deflate: false,
+    channelPrefix: `b${process.pid}`,
+  };
+  for (let i = 2; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg === '--deflate') {
+      opts.deflate = true;
+      continue;
+    }
+    const value = argv[i + 1];
+    if (!arg.startsWith('--') || value === undefined) throw new Error(`bad argument ${arg}`);
+    i += 1;
+    const key = arg.slice(2).replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+    if (!(key in opts)) throw new Error(`unknown option ${arg}`);
+    opts[key] = typeof opts[key] === 'number' ? Number(value) : value;
+  }
+  return opts;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Latency histogram: 10 us buckets below 100 ms, then 1 ms buckets up to 120 s. Bounded memory.
+class Histogram {
+  constructor() {
+    this.fine = new Float64Array(10000);
+    this.coarse = new Float64Array(120000);
+    this.count = 0;
+    this.max = 0;
+  }
+
+  add(ms) {
+    this.count += 1;
+    if (ms > this.max) this.max = ms;
+    if (ms < 100) this.fine[Math.max(0, Math.floor(ms * 100))] += 1;
+    else this.coarse[Math.min(this.coarse.length - 1, Math.floor(ms))] += 1;
+  }
+
+  quantile(q) {
+    if (this.count === 0) return null;
+    const rank = q * this.count;
+    let seen = 0;
+    for (let i = 0; i < this.fine.length; i += 1) {
+      seen += this.fine[i];
+      if (seen >= rank) return (i + 1) / 100;
+    }
+    for (let i = 0; i < this.coarse.length; i += 1) {
+      seen += this.coarse[i];
+      if (seen >= rank) return i + 1;
+    }
+    return this.max;
+  }
+}
+
+// A message is JSON (what PieSocket clients typically send), padded to exactly MESSAGE_BYTES.
+function makeMessage(channel, seq) {
+  const head = `{"c":${channel},"s":${seq},"t":${performance.now().toFixed(3)},"p":"`;
+  return `${head}${'x'.repeat(Math.max(0, MESSAGE_BYTES - head.length - 2))}"}`;
+}
+
+function connect(url, opts) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: opts.deflate });
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error('connect timeout'));
+    }, opts.connectTimeout * 1000);
+    ws.once('open', () => {
+      clearTimeout(timer);
+      resolve(ws);
+    });
+    ws.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+async function connectAll(urls, opts) {
+  const sockets = [];
+  for (let i = 0; i < urls.length; i += CONNECT_BATCH) {
+    const batch = urls.slice(i, i + CONNECT_BATCH).map((url) => connect(url, opts));
+    sockets.push(...(await Promise.all(batch)));
+  }
+  return sockets;
+}
+
+function channelUrl(opts, channel) {
+  return `${opts.url}/${opts.channelPrefix}-${channel}?api_key=${opts.apiKey}`;
+}
+
+// One receiving peer: counts deliveries, checks order, feeds the shared latency histogram.
+class Subscriber {
+  constructor(ws, stats) {
+    this.ws = ws;
+    this.received = 0;
+    this.lastSeq = 0;
+    this.outOfOrder = 0;
+    this.gaps = 0;
+    this.onDelivery = null;
+    ws.on('message', (data) => this.receive(data, stats));
+  }
+
+  receive(data, stats) {
+    const now = performance.now();
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      stats.foreign += 1;
+      return;
+    }
+    if (typeof msg.s !== 'number') {
+      stats.foreign += 1;
+      return;
+    }
+    this.received += 1;
+    stats.delivered += 1;
+    stats.lastDelivery = now;
+    stats.histogram.add(now - msg.t);
+    if (msg.s <= this.lastSeq) this.outOfOrder += 1;
+    else if (msg.s !== this.lastSeq + 1) this.gaps += 1;
+    if (msg.s > this.lastSeq) this.lastSeq = msg.s;
+    if (this.onDelivery !== null) this.onDelivery(msg.s);
+  }
+}
+
+function newStats() {
+  return { delivered: 0, foreign: 0, lastDelivery: 0, histogram: new Histogram(), closes: {} };
+}
+
+function watchCloses(sockets, stats) {
+  for (const ws of sockets) {
+    ws.on('close', (code) => {
+      stats.closes[code] = (stats.closes[code] || 0) + 1;
+    });
+    ws.on('error', () => {});
+  }
+}
+
+async function waitUntil(predicate, seconds) {
+  const deadline = performance.now() + seconds * 1000;
+  while (!predicate() && performance.now() < deadline) await sleep(20);
+  return predicate();
+}
+
+function orderSummary(subscribers) {
+  return {
+    out_of_order: subscribers.reduce((n, s) => n + s.outOfOrder, 0),
+    gaps: subscribers.reduce((n, s) => n + s.gaps, 0),
+  };
+}
+
+function latencySummary(stats) {
+  const h = stats.histogram;
+  return { p50_ms: h.quantile(0.5), p99_ms: h.quantile(0.99), max_ms: h.max };
+}
+
+function cpuPercent(usage, seconds) {
+  return (100 * (usage.user + usage.system)) / 1e6 / seconds;
+}
+
+async function runFanout(opts) {
+  const urls = Array.from({ length: opts.subscribers }, () => channelUrl(opts, 0));
+  const subSockets = await connectAll(urls, opts);
+  const stats = newStats();
+  const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
+  watchCloses(subSockets, stats);
+  await sleep(opts.settle * 1000);
+  const publisher = await connect(channelUrl(opts, 0), opts);
+  watchCloses([publisher], stats);
+  await sleep(100);
+
+  const designated = subscribers[subscribers.length - 1];
+  let sent = 0;
+  let running = true;
+  const pump = () => {
+    while (running && publisher.readyState === WebSocket.OPEN
+           && sent - designated.received < opts.window) {
+      sent += 1;
+      publisher.send(makeMessage(0, sent));
+    }
+  };
+  designated.onDelivery = pump;
+
+  process.stderr.write('mark:start\n');
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  pump();
+  await sleep(opts.duration * 1000);
+  running = false;
+  const sendSeconds = (performance.now() - t0) / 1000;
+  const expected = sent * subscribers.length;
+  const drained = await waitUntil(() => stats.delivered >= expected, opts.drain);
+  const cpu = process.cpuUsage(cpu0);
+  process.stderr.write('mark:stop\n');
+  const seconds = (Math.max(stats.lastDelivery, t0 + 1) - t0) / 1000;
+
+  const result = {
+    mode: 'fanout',
+    subscribers: subscribers.length,
+    window: opts.window,
+    deflate: opts.deflate,
+    sent,
+    send_seconds: sendSeconds,
+    expected,
+    delivered: stats.delivered,
+    lost: expected - stats.delivered,
+    drained,
+    seconds,
+    messages_per_s: sent / seconds,
+    deliveries_per_s: stats.delivered / seconds,
+    ...latencySummary(stats),
+    ...orderSummary(subscribers),
+    foreign_frames: stats.foreign,
+    closes_during_run: { ...stats.closes },
+    generator_cpu_s: (cpu.user + cpu.system) / 1e6,
+    generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
+  };
+  closeAll([publisher, ...subSockets]);
+  return result;
+}
+
+async function runRate(opts) {
+  const urls = [];
+  for (let c = 0; c < opts.channels; c += 1) {
+    for (let s = 0; s < opts.subscribers; s += 1) urls.push(channelUrl(opts, c));
+  }
+  const subSockets = await connectAll(urls, opts);
+  const stats = newStats();
+  const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
+  const channelUrls = Array.from({ length: opts.channels }, (_, c) => channelUrl(opts, c));
+  const publishers = await connectAll(channelUrls, opts);
+  watchCloses([...subSockets, ...publishers], stats);
+  await sleep(opts.settle * 1000);
+
+  const seqs = new Array(opts.channels).fill(0);
+  let sent = 0;
+  let next = 0; // round-robin channel cursor
+  const sendDue = (elapsedMs) => {
+    const due = Math.floor((opts.rate * elapsedMs) / 1000);
+    for (; sent < due; sent += 1) {
+      seqs[next] += 1;
+      publishers[next].send(makeMessage(next, seqs[next]));
+      next = (next + 1) % opts.channels;
+    }
+  };
+
+  process.stderr.write('mark:start\n');
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const durationMs = opts.duration * 1000;
+  await new Promise((resolve) => {
+    const timer = setInterval(() => {
+      const elapsed = Math.min(performance.now() - t0, durationMs);
+      sendDue(elapsed);
+      if (elapsed >= durationMs) {
+        clearInterval(timer);
+        resolve();
+      }
+    }, opts.tick);
+  });
+  const expected = sent * opts.subscribers;
+  const drained = await waitUntil(() => stats.delivered >= expected, opts.drain);
+  const cpu = process.cpuUsage(cpu0);
+  process.stderr.write('mark:stop\n');
+
+  const result = {
+    mode: 'rate',
+    channels: opts.channels,
+    subscribers_per_channel: opts.subscribers,
+    offered_per_s: opts.rate,
+    deflate: opts.deflate,
+    sent,
+    expected,
+    delivered: stats.delivered,
+    lost: expected - stats.delivered,
+    drained,
+    seconds: opts.duration,
+    messages_per_s: sent / opts.duration,
+    deliveries_per_s: stats.delivered / opts.duration,
+    ...latencySummary(stats),
+    ...orderSummary(subscribers),
+    foreign_frames: stats.foreign,
+    closes_during_run: { ...stats.closes },
+    generator_cpu_s: (cpu.user + cpu.system) / 1e6,
+    generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
+  };
+  closeAll([...publishers, ...subSockets]);
+  return result;
+}
+
+function closeAll(sockets) {
+  for (const ws of sockets) ws.terminate();
+}
+
+async function main() {
+  const opts = parseArgs(process.argv);
+  // Hard stop: no phase may hang the benchmark.
+  const limit = (opts.connectTimeout * 2 + opts.settle + opts.duration + opts.drain + 30) * 1000;
+  setTimeout(() => {
+    process.stderr.write('loadgen: overall deadline passed, giving up\n');
+    process.exit(3);
+  }, limit).unref();
+  const run = opts.mode === 'rate' ? runRate : runFanout;
+  const result = await run(opts);
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+  process.exit(0);
+}
+
+main().catch((err) => {
+  process.stderr.write(`loadgen: ${err.stack || err}\n`);
+  process.exit(2);
+});
