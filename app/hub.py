@@ -65,12 +65,12 @@ class Hub:
                 continue
             if member.dialect is Dialect.PIESOCKET:
                 if piesocket is None:
-                    piesocket = Outgoing(piesocket_frame(record))
+                    piesocket = Outgoing(piesocket_frame(record), record.seq)
                 member.send_nowait(piesocket)
             else:
                 if not c8_done:
                     frame = c8_message_frame(record)
-                    c8 = None if frame is None else Outgoing(frame)
+                    c8 = None if frame is None else Outgoing(frame, record.seq)
                     c8_done = True
                 if c8 is None:
                     continue

@@ -27,11 +27,13 @@ CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
 class Outgoing:
-    """A frame ready for the socket: the ASGI event is built once and shared by every member."""
+    """A frame ready for the socket: the ASGI event is built once and shared by every member.
+    `seq` is the record's position when the frame carries a record, so recovery can de-duplicate."""
 
-    __slots__ = ("event", "size")
+    __slots__ = ("event", "seq", "size")
 
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, seq: int = 0) -> None:
+        self.seq = seq
         if isinstance(frame, bytes):
             self.event: dict[str, Any] = {"type": "websocket.send", "bytes": frame, "text": None}
         else:
@@ -96,11 +98,14 @@ class Member:
         """Queue a frame meant for this member alone (replies, errors, counts)."""
         self.send_nowait(Outgoing(frame))
 
-    def send_first(self, frame: Frame) -> None:
-        """Put a frame ahead of everything queued (the welcome, queued before the writer starts)."""
-        item = Outgoing(frame)
-        self._queue.appendleft(item)
-        self.queued_bytes += item.size
+    def send_first(self, frames: list[Outgoing], after_seq: int = 0) -> None:
+        """Put frames ahead of everything queued, dropping queued records at or below
+        `after_seq` (they are among `frames`): the welcome and recovered records, before the
+        writer starts."""
+        live = [item for item in self._queue if not item.seq or item.seq > after_seq]
+        self._queue.clear()
+        self._queue.extend([*frames, *live])
+        self.queued_bytes = sum(item.size for item in self._queue)
         self._wakeup.set()
 
     def close(self, code: int, reason: str = "") -> None:

@@ -10,6 +10,8 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from app.broker.base import Broker
@@ -25,6 +27,14 @@ from app.store.base import App, Store
 log = logging.getLogger(__name__)
 
 COUNTS_INTERVAL = 0.25  # seconds between coalesced `connections` frames of one channel
+
+
+@dataclass
+class History:
+    """The records this node delivered in a channel since it subscribed at position `start`."""
+
+    start: int
+    records: deque[Record]
 
 
 class Node:
@@ -44,6 +54,8 @@ class Node:
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._live: set[Member] = set()  # every connection until its socket is done
+        self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
+        self._committing: dict[ChannelKey, asyncio.Task[None]] = {}  # last persistent append
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
@@ -91,12 +103,15 @@ class Node:
         key = member.key
         first = self.hub.add_member(member)
         try:
+            await self._seed(key)
             if first:
                 await self.broker.subscribe(key)
-            await self._seed(key)
+                start = await self.broker.last_seq(key)
+                self._history[key] = History(start, deque(maxlen=self.settings.history_size))
             count = await self.broker.add_connection(key, self._member_ref(member))
         except BaseException:
             if self.hub.remove_member(member)[1]:
+                self._history.pop(key, None)
                 await self.broker.unsubscribe(key)
             raise
         member.on_close = self._leave_soon
@@ -119,6 +134,7 @@ class Node:
         self._dirty_counts.add(key)
         await self.broker.remove_connection(key, self._member_ref(member))
         if last:
+            self._history.pop(key, None)
             await self.broker.unsubscribe(key)
 
     def _leave_soon(self, member: Member) -> None:
@@ -183,13 +199,53 @@ class Node:
             persistent=stored, node=self.id, sender=None if sender is None else sender.local_id,
         )
         if stored:
-            await self.store.append_record(record)
+            await self._commit(record)
+        else:
+            # Keep channel order: wait for an earlier persistent record still committing.
+            earlier = self._committing.get(key)
+            if earlier is not None:
+                with contextlib.suppress(Exception):
+                    await earlier
         await self.broker.publish(record)
         return record
 
+    async def _commit(self, record: Record) -> None:
+        commit = asyncio.ensure_future(self.store.append_record(record))
+        self._committing[record.key] = commit
+        try:
+            await commit
+        finally:
+            if self._committing.get(record.key) is commit:
+                del self._committing[record.key]
+
     def _deliver(self, record: Record) -> None:
+        history = self._history.get(record.key)
+        if history is not None:
+            history.records.append(record)
         skip = record.sender if record.node == self.id else None
         self.hub.fan_out(record, skip)
+
+    async def recover(self, key: ChannelKey, since: int, epoch: str | None) -> list[Record] | None:
+        """Every record after `since`, in order and without gaps, from this node's history and
+        the store; None when the gap cannot be filled (other epoch, history too short)."""
+        if epoch is not None and epoch != self.broker.epoch(key):
+            return None
+        limit = self.settings.history_size
+        history = self._history.get(key)
+        if history is None:
+            return None
+        found = {r.seq: r for r in history.records if r.seq > since}
+        for record in await self.store.read_range(key[0], key[1], since, limit + 1):
+            found.setdefault(record.seq, record)
+        records = [found[seq] for seq in sorted(found)]
+        if len(records) > limit:
+            return None
+        if any(record.seq != since + 1 + index for index, record in enumerate(records)):
+            return None
+        # Anything up to where this node's history starts must have been found; later records
+        # are in the history or still on their way to this member.
+        top = records[-1].seq if records else since
+        return records if top >= history.start else None
 
     async def search(self, key: ChannelKey, raw_query: Any) -> dict[str, Any]:
         """Validate and run a QUERY over the channel's stored records."""

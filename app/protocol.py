@@ -140,6 +140,11 @@ def c8_message_frame(record: Record) -> str | None:
     return _json({"message": record.public()})
 
 
+def record_frame(dialect: Dialect, record: Record) -> Frame | None:
+    """A record as one member of `dialect` receives it (None: no form in that dialect)."""
+    return piesocket_frame(record) if dialect is Dialect.PIESOCKET else c8_message_frame(record)
+
+
 def data_from_text(text: str) -> Any:
     """Bridging: a piesocket frame's data is its JSON value, or the string itself."""
     try:

@@ -15,7 +15,7 @@ from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
-from app.member import ASGISend, Member, MemberState
+from app.member import ASGISend, Member, MemberState, Outgoing
 from app.node import Node
 from app.protocol import (
     PONG,
@@ -33,6 +33,8 @@ from app.protocol import (
     fatal_frame,
     parse_c8,
     parse_piesocket,
+    record_frame,
+    recovered_frame,
     reply_frame,
     status_frame,
     welcome_frame,
@@ -63,7 +65,7 @@ async def c8_route(channel: str) -> None:
     await serve(Dialect.C8, channel)
 
 
-async def admit(node: Node, dialect: Dialect, channel: str) -> Member:
+async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dict[str, Any]]:
     """Run the handshake checks and build the member; raises `Refusal`."""
     try:
         params = load_connect_params(websocket.args.to_dict())
@@ -80,7 +82,7 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> Member:
             "Invalid channel id: use 1 to 64 letters, digits, '_' or '-'.",
         )
     client_id = params["client_id"] or new_client_id()
-    return Member(
+    member = Member(
         local_id=node.next_member_id(),
         dialect=dialect,
         key=(app.id, channel),
@@ -95,6 +97,7 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> Member:
         remote=websocket.remote_addr,
         max_queue_bytes=node.settings.max_queue_bytes,
     )
+    return member, params
 
 
 async def refuse(refusal: Refusal) -> None:
@@ -106,18 +109,14 @@ async def refuse(refusal: Refusal) -> None:
 async def serve(dialect: Dialect, channel: str) -> None:
     node = current_node()
     try:
-        member = await admit(node, dialect, channel)
+        member, params = await admit(node, dialect, channel)
         connections = await node.join(member)
     except Refusal as refusal:
         await refuse(refusal)
         return
     writer: asyncio.Task[None] | None = None
     try:
-        if dialect is Dialect.C8:
-            epoch, seq = await node.position(member.key)
-            member.send_first(
-                welcome_frame(member.client_id, member.key[1], epoch, seq, connections)
-            )
+        await queue_first_frames(node, member, connections, params["since"], params["epoch"])
         await websocket.accept()
         send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
@@ -136,6 +135,33 @@ async def serve(dialect: Dialect, channel: str) -> None:
         if writer is not None and not writer.done():
             writer.cancel()
         await node.leave(member)
+
+
+async def queue_first_frames(
+    node: Node, member: Member, connections: int, since: int | None, epoch: str | None
+) -> None:
+    """The welcome (c8), then on a resume every record after `since` and a `recovered` frame,
+    all ahead of live records, which are de-duplicated against them."""
+    frames: list[Outgoing] = []
+    c8 = member.dialect is Dialect.C8
+    if c8:
+        channel_epoch, seq = await node.position(member.key)
+        frames.append(Outgoing(
+            welcome_frame(member.client_id, member.key[1], channel_epoch, seq, connections)))
+    after = 0
+    if since is not None:
+        records = await node.recover(member.key, since, epoch)
+        if records is not None:
+            after = max(since, records[-1].seq if records else since)
+            for record in records:
+                frame = record_frame(member.dialect, record)
+                if frame is not None:
+                    frames.append(Outgoing(frame, record.seq))
+        if c8:
+            count = 0 if records is None else len(records)
+            frames.append(Outgoing(recovered_frame(records is not None, count)))
+    if frames:
+        member.send_first(frames, after)
 
 
 async def read_loop(node: Node, member: Member) -> None:
