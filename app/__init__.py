@@ -4,21 +4,20 @@ routes; pools and tasks open when serving starts and live on the app object.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from quart import Quart
 
 from app.broker import create_broker
-from app.config import Settings, load_settings
+from app.config import STATIC_DIR, TEMPLATES_DIR, Settings, load_settings
 from app.node import Node
 from app.store import create_store
 from app.store.base import App, Store
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("c8ws")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -50,13 +49,14 @@ async def ensure_demo_app(store: Store, settings: Settings) -> App:
     return app
 
 
-def banner(settings: Settings, demo: App) -> str:
+def banner(settings: Settings, demo: App, signin_token: str) -> str:
     scheme = "https" if settings.certfile else "http"
     ws_scheme = "wss" if settings.certfile else "ws"
     base = f"{scheme}://{settings.host}:{settings.port}"
     return "\n".join([
         f"c8ws listening on {base}",
         f"  playground:   {base}/playground",
+        f"  sign in:      {base}/signin?token={signin_token}",
         f"  websocket:    {ws_scheme}://{settings.host}:{settings.port}/v3/room1?api_key={demo.key}",
         f"  demo api key: {demo.key}",
         f"  demo secret:  {demo.secret}",
@@ -68,30 +68,33 @@ def create_app(
 ) -> Quart:
     """Build the app; nothing connects until serving starts."""
     settings = load_settings(environ, overrides)
-    app = Quart(__name__, static_folder=str(ROOT / "static"),
-                template_folder=str(ROOT / "templates"))
+    app = Quart(__name__, static_folder=str(STATIC_DIR), template_folder=str(TEMPLATES_DIR))
     store = create_store(settings.store_url, settings.commit_interval_ms)
     broker = create_broker(settings.broker_url)
     node = Node(settings, store, broker)
     app.extensions["c8ws.node"] = node
     app.extensions["c8ws.settings"] = settings
+    app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SECURE=settings.certfile is not None)
 
     @app.before_serving
     async def open_node() -> None:
         await store.open()
         demo = await ensure_demo_app(store, settings)
+        app.secret_key = hmac.new(demo.secret.encode(), b"c8ws session", "sha256").hexdigest()
         await node.start()
-        print(banner(settings, demo), flush=True)
+        print(banner(settings, demo, node.new_signin_token(demo.name)), flush=True)
 
     @app.after_serving
     async def close_node() -> None:
         await node.stop()
         await store.close()
 
-    from app import api, ws
+    from app import api, views, ws
 
     app.register_blueprint(ws.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(views.blueprint)
     app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return app

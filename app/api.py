@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import re
+from typing import Any
 
 import orjson
-from quart import Blueprint, Response, current_app, request
+from marshmallow import ValidationError
+from quart import Blueprint, Response, request
 
+from app.access import HTTPError, app_from_key, app_from_secret, current_node
+from app.auth import sign_token
 from app.errors import ClientError, ErrorCode
-from app.node import Node
-from app.schemas import CHANNEL_PATTERN
-from app.store.base import App
+from app.schemas import CHANNEL_PATTERN, AuthRequest, WidgetBody, first_error
+from app.store.base import Widget
+from app.widgets import find_widget, list_widgets, source
 
 blueprint = Blueprint("api", __name__)
-
-
-class HTTPError(Exception):
-    """An HTTP error answer: status, stable code and a sentence."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+WIDGET_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -34,26 +29,18 @@ async def http_error(error: HTTPError) -> Response:
     return json_response({"error": {"code": error.code, "message": error.message}}, error.status)
 
 
-def current_node() -> Node:
-    return cast(Node, current_app.extensions["c8ws.node"])
-
-
-async def app_from_key() -> App:
-    """The app named by the `X-Api-Key` header or the `api_key` parameter."""
-    key = request.headers.get("X-Api-Key") or request.args.get("api_key")
-    if not key:
-        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "missing api key (X-Api-Key header)")
-    app = await current_node().app_by_key(key)
-    if app is None:
-        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "unknown api key")
-    return app
-
-
 def checked_channel(channel: str) -> str:
     if not CHANNEL_PATTERN.fullmatch(channel):
         raise HTTPError(400, ErrorCode.INVALID_REQUEST,
                         "invalid channel id: use 1 to 64 letters, digits, '_' or '-'")
     return channel
+
+
+def checked_widget_id(widget_id: str) -> str:
+    if not WIDGET_ID.fullmatch(widget_id):
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST,
+                        "invalid widget id: use 1 to 64 lowercase letters, digits or '-'")
+    return widget_id
 
 
 async def json_body() -> Any:
@@ -62,6 +49,16 @@ async def json_body() -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise HTTPError(400, ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
+
+
+def validated(schema: Any, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    try:
+        loaded: dict[str, Any] = schema.load(body)
+    except ValidationError as error:
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST, first_error(error)) from None
+    return loaded
 
 
 @blueprint.get("/healthz")
@@ -79,3 +76,49 @@ async def search(channel: str) -> Response:
     except ClientError as error:
         raise HTTPError(400, error.code, error.message) from None
     return json_response(result)
+
+
+@blueprint.post("/broadcasting/auth")
+async def broadcasting_auth() -> Response:
+    """Sign a user token for the demo app (PieSocket's SDK posts `channel_name`)."""
+    form = await request.form
+    body = dict(form) if form else await json_body()
+    fields = validated(AuthRequest(), body)
+    store = current_node().store
+    demo = await store.app_by_name("demo")
+    if demo is None:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, "there is no demo app")
+    token = sign_token(demo.secret, fields["channel_name"], fields["username"])
+    return json_response({"auth": token})
+
+
+@blueprint.get("/api/widgets")
+async def widgets() -> Response:
+    app = await app_from_key()
+    return json_response({"widgets": await list_widgets(current_node().store, app.id)})
+
+
+@blueprint.get("/api/widgets/<widget_id>")
+async def widget(widget_id: str) -> Response:
+    app = await app_from_key()
+    found = await find_widget(current_node().store, app.id, checked_widget_id(widget_id))
+    if found is None:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no widget {widget_id!r}")
+    return json_response(source(*found))
+
+
+@blueprint.put("/api/widgets/<widget_id>")
+async def save_widget(widget_id: str) -> Response:
+    app = await app_from_secret()
+    fields = validated(WidgetBody(), await json_body())
+    saved = await current_node().store.save_widget(
+        app.id, Widget(id=checked_widget_id(widget_id), **fields))
+    return json_response(source(saved, False))
+
+
+@blueprint.delete("/api/widgets/<widget_id>")
+async def delete_widget(widget_id: str) -> Response:
+    app = await app_from_secret()
+    if not await current_node().store.delete_widget(app.id, checked_widget_id(widget_id)):
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no saved widget {widget_id!r}")
+    return json_response({"deleted": widget_id})

@@ -16,6 +16,9 @@ from app.errors import ConfigError
 
 KIB = 1024
 MIB = 1024 * KIB
+ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = ROOT / "static"
+TEMPLATES_DIR = ROOT / "templates"
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class Node:
         self._sent_counts: dict[ChannelKey, int] = {}
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._signin_tokens: dict[str, str] = {}
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
         self._committing: dict[ChannelKey, asyncio.Task[None]] = {}  # last persistent append
@@ -89,6 +90,15 @@ class Node:
             if app is not None:
                 self._apps[key] = app
         return app
+
+    def new_signin_token(self, app_name: str) -> str:
+        """A one-time token that signs a browser in as `app_name` (printed at start-up)."""
+        token = secrets.token_urlsafe(24)
+        self._signin_tokens[token] = app_name
+        return token
+
+    def consume_signin_token(self, token: str) -> str | None:
+        return self._signin_tokens.pop(token, None)
 
     # members ------------------------------------------------------------------------------------
 

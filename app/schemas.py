@@ -189,3 +189,25 @@ class SearchFrame(Schema):
 
 
 C8_FRAME_SCHEMAS: dict[str, Schema] = {"publish": PublishFrame(), "search": SearchFrame()}
+
+
+class WidgetBody(Schema):
+    """PUT /api/widgets/{id}."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    html = fields.String(load_default="", validate=validate.Length(max=200_000))
+    css = fields.String(load_default="", validate=validate.Length(max=200_000))
+    js = fields.String(load_default="", validate=validate.Length(max=200_000))
+
+
+class AuthRequest(Schema):
+    """POST /broadcasting/auth: PieSocket's SDK sends `channel_name` (and `socket_id`)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    channel_name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    username = fields.String(load_default=None, validate=validate.Length(min=1, max=64))

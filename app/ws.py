@@ -14,6 +14,7 @@ from typing import Any, cast
 from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
+from app.auth import verify_token
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
 from app.member import ASGISend, Member, MemberState, Outgoing
 from app.node import Node
@@ -81,6 +82,7 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
             CloseCode.BAD_CHANNEL,
             "Invalid channel id: use 1 to 64 letters, digits, '_' or '-'.",
         )
+    identity = verify_token(params["jwt"] or websocket.headers.get("jwt"), app.secret, channel)
     client_id = params["client_id"] or new_client_id()
     member = Member(
         local_id=node.next_member_id(),
@@ -88,8 +90,8 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
         key=(app.id, channel),
         client_id=client_id,
         uuid=params["uuid"] or client_id,
-        user=params["user"],
-        username=None,
+        user=identity.user or params["user"],
+        username=identity.username,
         notify_self=params["notify_self"],
         persistent=params["persistent"],
         presence=params["presence"],

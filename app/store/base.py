@@ -21,6 +21,18 @@ class App:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Widget:
+    """A widget's source, as the playground edits it."""
+
+    id: str
+    name: str
+    html: str
+    css: str
+    js: str
+    updated: int = 0
+
+
 class Store(ABC):
     """Where persistent records, apps and saved widgets live.
 
@@ -76,3 +88,19 @@ class Store(ABC):
     @abstractmethod
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
         """Run a validated QUERY: `{"total", "items"}` or, with groupBy, `{"total", "groups"}`."""
+
+    @abstractmethod
+    async def list_widgets(self, app: str) -> list[Widget]:
+        """The app's saved widgets, by name."""
+
+    @abstractmethod
+    async def get_widget(self, app: str, widget_id: str) -> Widget | None:
+        """One saved widget, if any."""
+
+    @abstractmethod
+    async def save_widget(self, app: str, widget: Widget) -> Widget:
+        """Create or replace a widget; returns it with its `updated` time."""
+
+    @abstractmethod
+    async def delete_widget(self, app: str, widget_id: str) -> bool:
+        """Remove a widget; False when there was none."""

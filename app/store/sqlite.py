@@ -17,7 +17,7 @@ import orjson
 from app.errors import NotStored, StoreError
 from app.query import compile_search, group_value
 from app.records import Record, now_ms
-from app.store.base import App, Store
+from app.store.base import App, Store, Widget
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ _INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
+_WIDGET_COLUMNS = "id, name, html, css, js, updated"
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -215,3 +216,32 @@ class SqliteStore(Store):
             for r in rows
         ]
         return {"total": total, "items": items}
+
+    # widgets ----------------------------------------------------------------------------------
+
+    async def list_widgets(self, app: str) -> list[Widget]:
+        async with self._read_db.execute(
+            f"SELECT {_WIDGET_COLUMNS} FROM widgets WHERE app = ? ORDER BY name, id", (app,)
+        ) as cursor:
+            return [Widget(*row) for row in await cursor.fetchall()]
+
+    async def get_widget(self, app: str, widget_id: str) -> Widget | None:
+        async with self._read_db.execute(
+            f"SELECT {_WIDGET_COLUMNS} FROM widgets WHERE app = ? AND id = ?", (app, widget_id)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Widget(*row) if row else None
+
+    async def save_widget(self, app: str, widget: Widget) -> Widget:
+        saved = Widget(widget.id, widget.name, widget.html, widget.css, widget.js, now_ms())
+        await self._db.execute(
+            f"INSERT OR REPLACE INTO widgets (app, {_WIDGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (app, saved.id, saved.name, saved.html, saved.css, saved.js, saved.updated),
+        )
+        return saved
+
+    async def delete_widget(self, app: str, widget_id: str) -> bool:
+        cursor = await self._db.execute(
+            "DELETE FROM widgets WHERE app = ? AND id = ?", (app, widget_id)
+        )
+        return cursor.rowcount > 0

@@ -1,0 +1,84 @@
+"""Who is asking: the app named by an api key (public), or proven by its secret — in the
+`X-Api-Secret` header for scripts, or a signed session cookie for people, with a CSRF token on
+every state-changing request made with the cookie."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import cast
+
+from quart import current_app, request, session
+
+from app.errors import ErrorCode
+from app.node import Node
+from app.store.base import App
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class HTTPError(Exception):
+    """An HTTP error answer: status, stable code and a sentence."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def current_node() -> Node:
+    return cast(Node, current_app.extensions["c8ws.node"])
+
+
+async def app_from_key() -> App:
+    """The app named by the `X-Api-Key` header or the `api_key` parameter."""
+    key = request.headers.get("X-Api-Key") or request.args.get("api_key")
+    if not key:
+        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "missing api key (X-Api-Key header)")
+    app = await current_node().app_by_key(key)
+    if app is None:
+        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "unknown api key")
+    return app
+
+
+async def app_by_secret(secret: str) -> App | None:
+    for app in await current_node().store.list_apps():
+        if hmac.compare_digest(app.secret.encode(), secret.encode()):
+            return app
+    return None
+
+
+async def app_from_secret() -> App:
+    """The app whose secret the request carries (header, or a signed-in session + CSRF)."""
+    secret = request.headers.get("X-Api-Secret")
+    if secret:
+        app = await app_by_secret(secret)
+        if app is None:
+            raise HTTPError(401, ErrorCode.UNAUTHORIZED, "wrong secret")
+        return app
+    app_name = session.get("app")
+    if app_name is None:
+        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "sign in, or send the X-Api-Secret header")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get("X-CSRF-Token") or (await request.form).get("csrf_token")
+        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+            raise HTTPError(403, ErrorCode.FORBIDDEN, "missing or wrong CSRF token")
+    app = await current_node().store.app_by_name(app_name)
+    if app is None:
+        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "the signed-in app no longer exists")
+    return app
+
+
+def sign_in(app: App) -> None:
+    """Remember the app in the session cookie, with a fresh CSRF token."""
+    session.clear()
+    session["app"] = app.name
+    session["csrf"] = secrets.token_urlsafe(24)
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (made on first use)."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return cast(str, session["csrf"])

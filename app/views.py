@@ -1,0 +1,99 @@
+"""Pages: the playground, one widget alone for embedding, and admin sign-in."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+from quart import Blueprint, Response, redirect, render_template, request, session, url_for
+from werkzeug.wrappers.response import Response as WerkzeugResponse
+
+from app.access import HTTPError, app_by_secret, csrf_token, current_node, sign_in
+from app.auth import sign_token
+from app.errors import ErrorCode
+from app.widgets import find_widget
+
+blueprint = Blueprint("views", __name__)
+
+
+def _page_config(**extra: Any) -> str:
+    """JSON for a page's inline config, safe inside <script> (no `</` can close the tag)."""
+    return orjson.dumps(extra).decode().replace("</", "<\\/")
+
+
+@blueprint.get("/")
+async def index() -> WerkzeugResponse:
+    return redirect(url_for("views.playground"))
+
+
+@blueprint.get("/playground")
+async def playground() -> str:
+    node = current_node()
+    demo = await node.store.app_by_name("demo")
+    app_name = session.get("app")
+    config = _page_config(
+        apiKey=demo.key if demo else "", signedIn=app_name is not None, csrf=csrf_token(),
+        persistent=True,
+    )
+    return await render_template("playground.html", config=config, signed_in=app_name)
+
+
+@blueprint.get("/embed/<widget_id>")
+async def embed(widget_id: str) -> str:
+    """One widget alone, for another page's iframe; `channel` and `user` from the query."""
+    node = current_node()
+    key = request.args.get("api_key", node.settings.demo_key)
+    app = await node.app_by_key(key)
+    if app is None:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, "unknown api key")
+    found = await find_widget(node.store, app.id, widget_id)
+    if found is None:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no widget {widget_id!r}")
+    widget, _ = found
+    channel = request.args.get("channel", widget_id)
+    user = request.args.get("user") or f"guest-{secrets.token_hex(2)}"
+    config = _page_config(
+        widget={"html": widget.html, "css": widget.css, "js": widget.js},
+        c8ws={"apiKey": app.key, "channel": channel, "persistent": True, "notifySelf": True,
+              "token": sign_token(app.secret, channel, user[:64])},
+    )
+    return await render_template("embed.html", config=config, title=widget.name)
+
+
+@blueprint.get("/signin")
+async def signin_form() -> WerkzeugResponse | str:
+    """A one-time token from the start-up banner signs in at once; otherwise the form."""
+    token = request.args.get("token")
+    if token:
+        app = current_node().consume_signin_token(token)
+        if app is not None:
+            demo = await current_node().store.app_by_name(app)
+            if demo is not None:
+                sign_in(demo)
+                return redirect(url_for("views.playground"))
+        return await render_template("signin.html", error="That sign-in link was already used.",
+                                     csrf=csrf_token())
+    return await render_template("signin.html", error=None, csrf=csrf_token())
+
+
+@blueprint.post("/signin")
+async def signin() -> WerkzeugResponse | tuple[str, int]:
+    form = await request.form
+    if not secrets.compare_digest(form.get("csrf_token", ""), session.get("csrf", "")):
+        return await render_template("signin.html", error="Please try again.",
+                                     csrf=csrf_token()), 403
+    app = await app_by_secret(form.get("secret", ""))
+    if app is None:
+        return await render_template("signin.html", error="That secret is not right.",
+                                     csrf=csrf_token()), 401
+    sign_in(app)
+    return redirect(request.args.get("next") or url_for("views.playground"))
+
+
+@blueprint.post("/signout")
+async def signout() -> WerkzeugResponse | Response:
+    form = await request.form
+    if secrets.compare_digest(form.get("csrf_token", ""), session.get("csrf", "")):
+        session.clear()
+    return redirect(url_for("views.playground"))

@@ -1,0 +1,293 @@
+/* The playground: pick or write a widget, run it in several sandboxed viewers at once (each a
+ * different signed-in user), watch each viewer's frames, save and share. Everything user-made is
+ * inserted with textContent or into sandboxed iframes, never as HTML of this page. */
+(function () {
+  "use strict";
+
+  var page = window.PLAYGROUND;
+  var origin = location.origin;
+  var NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"];
+  var MAX_CONSOLE_LINES = 300;
+
+  var state = { widget: null, viewers: [], nextName: 0 };
+  var $ = function (id) { return document.getElementById(id); };
+
+  var editors = {};
+  ["html", "css", "js"].forEach(function (kind) {
+    var modes = { html: "htmlmixed", css: "css", js: "javascript" };
+    editors[kind] = CodeMirror.fromTextArea($("code-" + kind), {
+      mode: modes[kind], lineNumbers: true, tabSize: 2, indentUnit: 2, viewportMargin: 20
+    });
+  });
+
+  function notice(text, isError) {
+    var box = $("notice");
+    box.textContent = text;
+    box.className = isError ? "error" : "ok";
+  }
+
+  function api(path, options) {
+    options = options || {};
+    var headers = Object.assign({ "X-Api-Key": page.apiKey }, options.headers || {});
+    if (options.body !== undefined) headers["Content-Type"] = "application/json";
+    return fetch(path, { method: options.method || "GET", headers: headers,
+                         body: options.body === undefined ? undefined : JSON.stringify(options.body),
+                         credentials: "same-origin" })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) {
+            var error = new Error(body.error ? body.error.message : response.statusText);
+            error.status = response.status;
+            throw error;
+          }
+          return body;
+        });
+      });
+  }
+
+  // Widgets ------------------------------------------------------------------------------------
+
+  function renderList(widgets) {
+    var list = $("widget-list");
+    list.textContent = "";
+    widgets.forEach(function (widget) {
+      var item = document.createElement("li");
+      var button = document.createElement("button");
+      button.type = "button";
+      button.textContent = widget.name;
+      button.dataset.widget = widget.id;
+      if (state.widget && state.widget.id === widget.id) button.className = "current";
+      button.addEventListener("click", function () { openWidget(widget.id); });
+      item.appendChild(button);
+      var tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = widget.builtin ? "sample" : "saved";
+      item.appendChild(tag);
+      list.appendChild(item);
+    });
+  }
+
+  function loadList() {
+    return api("/api/widgets").then(function (body) { renderList(body.widgets); return body; });
+  }
+
+  function openWidget(id) {
+    return api("/api/widgets/" + encodeURIComponent(id)).then(function (widget) {
+      state.widget = widget;
+      $("widget-name").value = widget.name;
+      $("widget-id").value = widget.id;
+      editors.html.setValue(widget.html);
+      editors.css.setValue(widget.css);
+      editors.js.setValue(widget.js);
+      if (!$("channel").dataset.touched) $("channel").value = widget.id;
+      history.replaceState(null, "", "#widget=" + encodeURIComponent(widget.id));
+      loadList();
+      reloadAll();
+    });
+  }
+
+  function currentSource() {
+    return { html: editors.html.getValue(), css: editors.css.getValue(),
+             js: editors.js.getValue() };
+  }
+
+  function save() {
+    var id = $("widget-id").value.trim();
+    var body = Object.assign({ name: $("widget-name").value.trim() || id }, currentSource());
+    return api("/api/widgets/" + encodeURIComponent(id),
+               { method: "PUT", body: body, headers: { "X-CSRF-Token": page.csrf } })
+      .then(function (widget) {
+        state.widget = widget;
+        notice("Saved " + widget.name + ".");
+        return loadList();
+      })
+      .catch(function (error) {
+        notice(error.status === 401 ? "Sign in to save widgets." : "Not saved: " + error.message,
+               true);
+      });
+  }
+
+  function newWidget() {
+    state.widget = { id: "my-widget", name: "My widget", builtin: false,
+                     html: "<div id=\"out\"></div>\n", css: "body { font-family: sans-serif; }\n",
+                     js: "var ws = new c8PlayerApi.webSocket({persistent: true});\n" +
+                         "ws.onMessage = function (record) {\n" +
+                         "  document.getElementById(\"out\").textContent = JSON.stringify(record.data);\n" +
+                         "};\n" };
+    $("widget-name").value = state.widget.name;
+    $("widget-id").value = state.widget.id;
+    editors.html.setValue(state.widget.html);
+    editors.css.setValue(state.widget.css);
+    editors.js.setValue(state.widget.js);
+    reloadAll();
+  }
+
+  function share() {
+    var id = $("widget-id").value.trim();
+    var url = origin + "/embed/" + encodeURIComponent(id) + "?channel=" +
+              encodeURIComponent(channel());
+    $("share-url").value = url;
+    $("share-snippet").textContent =
+      "<iframe src=\"" + url + "&user=NAME\" width=\"400\" height=\"300\"></iframe>";
+    $("share-box").hidden = false;
+    $("share-url").select();
+    notice("Embed link ready; save first so it shows your edits.");
+  }
+
+  // Viewers ------------------------------------------------------------------------------------
+
+  function channel() { return $("channel").value.trim() || "playground"; }
+
+  function tokenFor(name) {
+    return api("/broadcasting/auth", { method: "POST",
+                                       body: { channel_name: channel(), username: name } })
+      .then(function (body) { return body.auth; });
+  }
+
+  function logLine(viewer, kind, text) {
+    var line = document.createElement("li");
+    line.className = kind;
+    var time = new Date().toISOString().slice(11, 23);
+    line.textContent = time + " " + text;
+    viewer.console.appendChild(line);
+    while (viewer.console.childNodes.length > MAX_CONSOLE_LINES) {
+      viewer.console.removeChild(viewer.console.firstChild);
+    }
+    viewer.console.scrollTop = viewer.console.scrollHeight;
+    if (kind === "error") {
+      viewer.details.open = true;
+      viewer.card.classList.add("has-error");
+    }
+  }
+
+  function setStatus(viewer, status) {
+    viewer.status.textContent = status;
+    viewer.status.dataset.status = status;
+  }
+
+  function mountFrame(viewer) {
+    if (viewer.frame) viewer.frame.remove();
+    viewer.card.classList.remove("has-error");
+    setStatus(viewer, "loading");
+    return tokenFor(viewer.name).then(function (token) {
+      var config = { url: origin, apiKey: page.apiKey, channel: channel(), token: token,
+                     persistent: $("persistent").checked, notifySelf: true, debug: true };
+      viewer.frame = window.c8wsViewer.createViewerFrame(currentSource(), config, origin);
+      viewer.frame.dataset.viewer = viewer.name;
+      viewer.body.insertBefore(viewer.frame, viewer.body.firstChild);
+    });
+  }
+
+  function addViewer() {
+    var name = NAMES[state.nextName % NAMES.length] +
+               (state.nextName >= NAMES.length ? String(state.nextName) : "");
+    state.nextName += 1;
+    var card = document.createElement("article");
+    card.className = "viewer";
+    card.dataset.viewer = name;
+    var header = document.createElement("header");
+    var title = document.createElement("strong");
+    title.textContent = name;
+    var status = document.createElement("span");
+    status.className = "status";
+    var toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.textContent = "Disconnect";
+    toggle.className = "connection";
+    header.append(title, status, toggle);
+    var body = document.createElement("div");
+    body.className = "viewer-body";
+    var details = document.createElement("details");
+    var summary = document.createElement("summary");
+    summary.textContent = "Console";
+    var consoleList = document.createElement("ol");
+    consoleList.className = "console";
+    details.append(summary, consoleList);
+    body.appendChild(details);
+    card.append(header, body);
+    $("viewers").appendChild(card);
+
+    var viewer = { name: name, card: card, body: body, status: status, console: consoleList,
+                   details: details, frame: null, connected: true };
+    toggle.addEventListener("click", function () {
+      viewer.connected = !viewer.connected;
+      viewer.frame.contentWindow.postMessage(
+        { c8wsCommand: viewer.connected ? "reconnect" : "disconnect" }, "*");
+      toggle.textContent = viewer.connected ? "Disconnect" : "Reconnect";
+      logLine(viewer, "info", viewer.connected ? "reconnecting…" : "disconnected by you");
+    });
+    state.viewers.push(viewer);
+    return mountFrame(viewer);
+  }
+
+  function removeViewer() {
+    var viewer = state.viewers.pop();
+    if (viewer) viewer.card.remove();
+  }
+
+  function reloadAll() {
+    return Promise.all(state.viewers.map(function (viewer) {
+      viewer.connected = true;
+      viewer.card.querySelector(".connection").textContent = "Disconnect";
+      logLine(viewer, "info", "reloaded");
+      return mountFrame(viewer);
+    }));
+  }
+
+  window.addEventListener("message", function (event) {
+    var message = event.data;
+    if (!message || typeof message.c8ws !== "string") return;
+    var viewer = state.viewers.find(function (v) {
+      return v.frame && v.frame.contentWindow === event.source;
+    });
+    if (!viewer) return;
+    if (message.c8ws === "frame") {
+      logLine(viewer, message.direction === "out" ? "out" : "in",
+              (message.direction === "out" ? "→ " : "← ") + String(message.data));
+    } else if (message.c8ws === "status") {
+      setStatus(viewer, String(message.status));
+      logLine(viewer, "info", "socket " + message.status +
+              (message.code ? " (" + message.code + ")" : ""));
+    } else if (message.c8ws === "error") {
+      logLine(viewer, "error", "✖ " + String(message.message) +
+              (message.stack ? "\n" + String(message.stack) : ""));
+    } else if (message.c8ws === "console") {
+      logLine(viewer, message.level === "error" ? "error" : "log",
+              "console." + message.level + ": " + String(message.message));
+    }
+  });
+
+  // Wiring -------------------------------------------------------------------------------------
+
+  document.querySelectorAll(".tabs [role=tab]").forEach(function (tab) {
+    tab.addEventListener("click", function () {
+      document.querySelectorAll(".tabs [role=tab]").forEach(function (other) {
+        other.setAttribute("aria-selected", String(other === tab));
+      });
+      document.querySelectorAll(".pane").forEach(function (pane) {
+        pane.hidden = pane.dataset.pane !== tab.dataset.tab;
+      });
+      editors[tab.dataset.tab].refresh();
+    });
+  });
+  $("channel").addEventListener("change", function () {
+    $("channel").dataset.touched = "1";
+    reloadAll();
+  });
+  $("persistent").addEventListener("change", reloadAll);
+  $("run").addEventListener("click", reloadAll);
+  $("save").addEventListener("click", save);
+  $("share").addEventListener("click", share);
+  $("new-widget").addEventListener("click", newWidget);
+  $("add-viewer").addEventListener("click", addViewer);
+  $("remove-viewer").addEventListener("click", removeViewer);
+  var signout = $("signout-csrf");
+  if (signout) signout.value = page.csrf;
+
+  var wanted = (location.hash.match(/widget=([a-z0-9-]+)/) || [])[1];
+  loadList().then(function (body) {
+    var first = wanted || (body.widgets[0] && body.widgets[0].id);
+    return Promise.resolve(first ? openWidget(first) : newWidget())
+      .then(function () { return Promise.all([addViewer(), addViewer()]); });
+  }).catch(function (error) { notice("Could not load widgets: " + error.message, true); });
+})();
