@@ -1,0 +1,121 @@
+"""HTTP routes: widgets, the demo auth endpoint, admin sign-in and CSRF."""
+
+from __future__ import annotations
+
+import re
+
+import jwt
+import pytest
+
+from tests.http import Client
+from tests.live import Server
+
+WIDGET = {"name": "Mine", "html": "<p>hi</p>", "css": "p{}", "js": "1;"}
+
+
+def test_widgets_list_samples_and_read_one(server: Server) -> None:
+    """The four samples are listed and readable with the api key."""
+    client = Client(server.http)
+    status, body, _ = client.request("GET", "/api/widgets?api_key=demo")
+    assert status == 200
+    ids = [w["id"] for w in body["widgets"] if w["builtin"]]
+    assert ids == ["chat", "poll", "leaderboard", "cursors"]
+    status, poll, _ = client.request("GET", "/api/widgets/poll", headers={"X-Api-Key": "demo"})
+    assert status == 200 and "groupBy" in poll["js"]
+    assert client.request("GET", "/api/widgets/nope?api_key=demo")[0] == 404
+    assert client.request("GET", "/api/widgets")[0] == 401
+
+
+def test_widget_writes_need_the_secret(server: Server) -> None:
+    """PUT/DELETE without the secret are 401 with a JSON error and change nothing."""
+    client = Client(server.http)
+    for headers in ({}, {"X-Api-Secret": "wrong"}, {"X-Api-Key": "demo"}):
+        status, body, _ = client.request("PUT", "/api/widgets/sneaky", WIDGET, headers=headers)
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+    assert client.request("GET", "/api/widgets/sneaky?api_key=demo")[0] == 404
+
+
+def test_widget_crud_with_secret(server: Server) -> None:
+    """Saved widgets shadow samples of the same id, and can be deleted."""
+    client = Client(server.http)
+    secret = {"X-Api-Secret": server.secret}
+    status, saved, _ = client.request("PUT", "/api/widgets/poll", {**WIDGET, "name": "My poll"},
+                                      headers=secret)
+    assert status == 200 and saved["updated"] > 0 and not saved["builtin"]
+    _, listed, _ = client.request("GET", "/api/widgets?api_key=demo")
+    assert [w["name"] for w in listed["widgets"] if w["id"] == "poll"] == ["My poll"]
+    assert client.request("DELETE", "/api/widgets/poll", headers=secret)[0] == 200
+    _, poll, _ = client.request("GET", "/api/widgets/poll?api_key=demo")
+    assert poll["builtin"] is True
+    assert client.request("DELETE", "/api/widgets/poll", headers=secret)[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        ("/api/widgets/Bad_Id", WIDGET, "invalid_request"),
+        ("/api/widgets/ok", {**WIDGET, "extra": 1}, "invalid_request"),
+        ("/api/widgets/ok", {"html": "x"}, "invalid_request"),
+        ("/api/widgets/ok", [1], "invalid_request"),
+        ("/api/widgets/ok", b"{nope", "invalid_json"),
+    ],
+)
+def test_bad_widget_bodies_are_400(server: Server, path: str, body: object, code: str) -> None:
+    """Unknown keys, missing names, bad ids and malformed JSON are refused, naming the problem."""
+    status, answer, _ = Client(server.http).request(
+        "PUT", path, body, headers={"X-Api-Secret": server.secret})
+    assert status == 400
+    assert answer["error"]["code"] == code and answer["error"]["message"]
+
+
+def test_broadcasting_auth_signs_demo_tokens(server: Server) -> None:
+    """Form and JSON requests get an HS256 token for the channel signed with the demo secret."""
+    client = Client(server.http)
+    status, body, _ = client.request("POST", "/broadcasting/auth",
+                                     form={"channel_name": "private-room", "socket_id": "1.2"})
+    assert status == 200
+    claims = jwt.decode(body["auth"], server.secret, algorithms=["HS256"])
+    assert claims["sub"] == "private-room"
+    status, body, _ = client.request("POST", "/broadcasting/auth",
+                                     {"channel_name": "room", "username": "zoe"})
+    assert jwt.decode(body["auth"], server.secret, algorithms=["HS256"])["username"] == "zoe"
+    status, body, _ = client.request("POST", "/broadcasting/auth", {"channel_name": "a/b"})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+
+
+def test_sign_in_with_one_time_link_then_save_with_csrf(server: Server) -> None:
+    """The banner's link signs in once; cookie writes need the page's CSRF token."""
+    token = re.search(r"/signin\?token=(\S+)", server.log())
+    assert token is not None
+    client = Client(server.http)
+    status, _, headers = client.request("GET", f"/signin?token={token.group(1)}")
+    assert status == 302 and headers["Location"].endswith("/playground")
+    status, _, _ = client.request("GET", f"/signin?token={token.group(1)}")
+    assert status == 200  # used already: the form, not a session
+    status, body, _ = client.request("PUT", "/api/widgets/cookie", WIDGET)
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    _, page, _ = client.request("GET", "/playground")
+    csrf = re.search(r'"csrf":"([^"]+)"', page)
+    assert csrf is not None
+    status, _, _ = client.request("PUT", "/api/widgets/cookie", WIDGET,
+                                  headers={"X-CSRF-Token": csrf.group(1)})
+    assert status == 200
+
+
+def test_sign_in_form(server: Server) -> None:
+    """A wrong secret is refused; the right one signs in."""
+    client = Client(server.http)
+    _, page, _ = client.request("GET", "/signin")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf is not None
+    status, _, _ = client.request("POST", "/signin",
+                                  form={"csrf_token": csrf.group(1), "secret": "nope"})
+    assert status == 401
+    status, _, _ = client.request("POST", "/signin",
+                                  form={"csrf_token": "forged", "secret": server.secret})
+    assert status == 403
+    status, _, _ = client.request("POST", "/signin",
+                                  form={"csrf_token": csrf.group(1), "secret": server.secret})
+    assert status == 302
+    _, page, _ = client.request("GET", "/playground")
+    assert "signed in as" in page
