@@ -22,8 +22,10 @@ class Client:
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(self.cookies), _NoRedirect())
 
-    def request(self, method: str, path: str, body: Any = None, *, form: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, *,
+        form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
         data = None
         all_headers = dict(headers or {})
         if form is not None:

@@ -63,7 +63,7 @@ async def test_private_channels_refuse_bad_tokens(server: Server, case: str) -> 
     async with await connect(url) as client:
         code, frames = await closed_with(client)
     assert code == 4003
-    assert frames == ['{"error":"%s"}' % AUTH_FAILED]
+    assert frames == [f'{{"error":"{AUTH_FAILED}"}}']
 
 
 async def test_private_channel_with_valid_token(server: Server) -> None:
