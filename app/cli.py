@@ -14,6 +14,7 @@ from typing import Any
 
 from app.config import MIB, load_settings
 from app.errors import ConfigError, StoreError
+from app.limits import OVERRIDABLE, parse_override
 from app.node import Node
 from app.store import create_store
 
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="as for serve")
     listing = key_commands.add_parser("list", help="list apps and their keys")
     listing.add_argument("--data-dir", help="as for serve")
+    limits = key_commands.add_parser("set", help="set an app's limits and allowed origins")
+    limits.add_argument("--name", required=True)
+    limits.add_argument("--data-dir", help="as for serve")
+    for name in OVERRIDABLE:
+        limits.add_argument(f"--{name.replace('_', '-')}", dest=name,
+                            help="comma-separated, 'null' for sandboxed iframes"
+                            if name == "allowed_origins" else None)
     return parser
 
 
@@ -65,6 +73,10 @@ def serve(args: argparse.Namespace) -> None:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = settings.shutdown_timeout
     config.websocket_max_message_size = max(4 * settings.max_frame_bytes, MIB)
+    if settings.ping_interval:
+        # Pings every interval; a peer silent for three of them is gone (no ghost members).
+        config.websocket_ping_interval = settings.ping_interval
+        config.read_timeout = int(3 * settings.ping_interval)
     if settings.certfile and settings.keyfile:
         config.certfile = str(settings.certfile)
         config.keyfile = str(settings.keyfile)
@@ -90,6 +102,15 @@ async def _keys(args: argparse.Namespace) -> None:
             app = await store.create_app(args.name, args.key or secrets.token_hex(10),
                                          secrets.token_urlsafe(24))
             print(f"name:   {app.name}\napi key: {app.key}\nsecret: {app.secret}")
+        elif args.keys_command == "set":
+            found = await store.app_by_name(args.name)
+            if found is None:
+                raise ConfigError(f"--name: there is no app called {args.name!r}")
+            changes = {name: parse_override(name, getattr(args, name)) for name in OVERRIDABLE
+                       if getattr(args, name) is not None}
+            await store.set_app_settings(found.id, {**found.settings, **changes})
+            for name, value in sorted({**found.settings, **changes}.items()):
+                print(f"{name}: {value}")
         else:
             for app in await store.list_apps():
                 print(f"{app.name}\t{app.key}")

@@ -36,6 +36,12 @@ class Settings:
     demo_secret: str | None = None
     max_frame_bytes: int = 64 * KIB
     max_queue_bytes: int = 4 * MIB
+    msg_rate: float = 200.0
+    msg_burst: int = 400
+    max_connections_per_app: int = 10_000
+    max_connections_per_ip: int = 1_000
+    max_channels_per_app: int = 10_000
+    ping_interval: float = 20.0
     history_size: int = 1000
     commit_interval_ms: float = 2.0
     shutdown_timeout: float = 3.0
@@ -108,6 +114,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "demo_secret": _text,
     "max_frame_bytes": _positive_int,
     "max_queue_bytes": _positive_int,
+    "msg_rate": _positive_float,
+    "msg_burst": _positive_int,
+    "max_connections_per_app": _positive_int,
+    "max_connections_per_ip": _positive_int,
+    "max_channels_per_app": _positive_int,
+    "ping_interval": _positive_float,
     "history_size": _positive_int,
     "commit_interval_ms": _positive_float,
     "shutdown_timeout": _positive_float,

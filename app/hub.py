@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from app.member import Member, Outgoing
-from app.protocol import Dialect, c8_message_frame, piesocket_frame
-from app.records import ChannelKey, Record
+from app.protocol import Dialect, RecordFrames
+from app.records import ChannelKey
 
 
 class Hub:
@@ -48,9 +48,10 @@ class Hub:
     def __len__(self) -> int:
         return sum(len(members) for members in self._channels.values())
 
-    def fan_out(self, record: Record, skip: int | None = None) -> int:
-        """Queue `record` for the channel's members (but `skip`); returns how many got it."""
-        members = self._channels.get(record.key)
+    def fan_out(self, key: ChannelKey, frames: RecordFrames, skip: int | None = None) -> int:
+        """Queue a record's frames for the channel's members (but `skip`, unless it asked for
+        its own messages); returns how many got it."""
+        members = self._channels.get(key)
         if not members:
             return 0
         sender = members.get(skip) if skip is not None else None
@@ -58,23 +59,20 @@ class Hub:
             sender = None
         piesocket: Outgoing | None = None
         c8: Outgoing | None = None
-        c8_done = False
         delivered = 0
         for member in members.values():
             if member is sender:
                 continue
             if member.dialect is Dialect.PIESOCKET:
                 if piesocket is None:
-                    piesocket = Outgoing(piesocket_frame(record), record.seq)
+                    piesocket = Outgoing(frames.piesocket, frames.seq)
                 member.send_nowait(piesocket)
-            else:
-                if not c8_done:
-                    frame = c8_message_frame(record)
-                    c8 = None if frame is None else Outgoing(frame, record.seq)
-                    c8_done = True
+            elif frames.c8 is not None:
                 if c8 is None:
-                    continue
+                    c8 = Outgoing(frames.c8, frames.seq)
                 member.send_nowait(c8)
+            else:
+                continue
             delivered += 1
         return delivered
 

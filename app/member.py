@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from app.errors import CloseCode
+from app.limits import Limits, TokenBucket
 from app.protocol import Dialect, Frame
 from app.records import ChannelKey
 
@@ -63,7 +64,8 @@ class Member:
     presence: bool
     origin: str | None
     remote: str | None
-    max_queue_bytes: int
+    limits: Limits
+    bucket: TokenBucket
     connected_at: float = field(default_factory=time.time)
     messages_in: int = 0
     messages_out: int = 0
@@ -83,7 +85,7 @@ class Member:
         """Queue a frame without waiting; an overflow closes the member with 4008."""
         if self.state is not MemberState.OPEN:
             return
-        if self.queued_bytes + item.size > self.max_queue_bytes:
+        if self.queued_bytes + item.size > self.limits.max_queue_bytes:
             log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
                      self.client_id, self.key, self.queued_bytes)
             self._queue.clear()

@@ -10,16 +10,18 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 from app.broker.base import Broker
 from app.config import Settings
-from app.errors import CloseCode
+from app.errors import CloseCode, Refusal
 from app.hub import Hub
+from app.limits import Limits, limits_for
 from app.member import Member, Outgoing
-from app.protocol import Dialect, connections_frame
+from app.protocol import Dialect, RecordFrames, connections_frame, encode_record
 from app.query import validate_query
 from app.records import ChannelKey, Record, now_ms, record_id
 from app.store.base import App, Store
@@ -27,6 +29,13 @@ from app.store.base import App, Store
 log = logging.getLogger(__name__)
 
 COUNTS_INTERVAL = 0.25  # seconds between coalesced `connections` frames of one channel
+APP_CACHE_SECONDS = 5.0
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 @dataclass
@@ -34,7 +43,7 @@ class History:
     """The records this node delivered in a channel since it subscribed at position `start`."""
 
     start: int
-    records: deque[Record]
+    records: deque[RecordFrames]
 
 
 class Node:
@@ -47,7 +56,10 @@ class Node:
         self.hub = Hub()
         self.id = secrets.token_hex(4)
         self._member_ids = itertools.count(1)
-        self._apps: dict[str, App] = {}
+        self._apps: dict[str, tuple[App, float]] = {}
+        self._per_app: Counter[str] = Counter()
+        self._per_ip: Counter[str] = Counter()
+        self._channels_per_app: Counter[str] = Counter()
         self._seeded: set[ChannelKey] = set()
         self._dirty_counts: set[ChannelKey] = set()
         self._sent_counts: dict[ChannelKey, int] = {}
@@ -83,13 +95,32 @@ class Node:
     # apps ---------------------------------------------------------------------------------------
 
     async def app_by_key(self, key: str) -> App | None:
-        """The app owning `key`; positive answers are cached for the life of the process."""
-        app = self._apps.get(key)
+        """The app owning `key`; found apps are cached for a few seconds (so a `c8ws keys set`
+        in another process takes effect soon, without a store read per connection)."""
+        now = time.monotonic()
+        cached = self._apps.get(key)
+        if cached is not None and now - cached[1] < APP_CACHE_SECONDS:
+            return cached[0]
+        app = await self.store.app_by_key(key)
         if app is None:
-            app = await self.store.app_by_key(key)
-            if app is not None:
-                self._apps[key] = app
+            self._apps.pop(key, None)
+            return None
+        self._apps[key] = (app, now)
         return app
+
+    def limits(self, app: App) -> Limits:
+        return limits_for(self.settings, app.settings)
+
+    def check_capacity(self, member: Member, limits: Limits) -> None:
+        """Refuse (4029) a member past its app's connection, per-IP or channel limits."""
+        app = member.key[0]
+        if self._per_app[app] >= limits.max_connections_per_app:
+            raise Refusal(CloseCode.RATE_LIMITED, "Too many connections for this app.")
+        if member.remote and self._per_ip[member.remote] >= limits.max_connections_per_ip:
+            raise Refusal(CloseCode.RATE_LIMITED, "Too many connections from your address.")
+        if (not self.hub.members(member.key)
+                and self._channels_per_app[app] >= limits.max_channels_per_app):
+            raise Refusal(CloseCode.RATE_LIMITED, "Too many channels for this app.")
 
     def new_signin_token(self, app_name: str) -> str:
         """A one-time token that signs a browser in as `app_name` (printed at start-up)."""
@@ -112,6 +143,8 @@ class Node:
         """Add a member to its channel (subscribing the node for the first); returns the count."""
         key = member.key
         first = self.hub.add_member(member)
+        if first:
+            self._channels_per_app[key[0]] += 1
         try:
             await self._seed(key)
             if first:
@@ -121,17 +154,24 @@ class Node:
             count = await self.broker.add_connection(key, self._member_ref(member))
         except BaseException:
             if self.hub.remove_member(member)[1]:
-                self._history.pop(key, None)
+                self._channel_gone(key)
                 await self.broker.unsubscribe(key)
             raise
         member.on_close = self._leave_soon
         self._live.add(member)
+        self._per_app[key[0]] += 1
+        if member.remote:
+            self._per_ip[member.remote] += 1
         self._dirty_counts.add(key)
         return count
 
     async def leave(self, member: Member) -> None:
         """The member's socket is done: forget it."""
-        self._live.discard(member)
+        if member in self._live:
+            self._live.discard(member)
+            _decrement(self._per_app, member.key[0])
+            if member.remote:
+                _decrement(self._per_ip, member.remote)
         await self._leave_channel(member)
 
     async def _leave_channel(self, member: Member) -> None:
@@ -144,8 +184,12 @@ class Node:
         self._dirty_counts.add(key)
         await self.broker.remove_connection(key, self._member_ref(member))
         if last:
-            self._history.pop(key, None)
+            self._channel_gone(key)
             await self.broker.unsubscribe(key)
+
+    def _channel_gone(self, key: ChannelKey) -> None:
+        self._history.pop(key, None)
+        _decrement(self._channels_per_app, key[0])
 
     def _leave_soon(self, member: Member) -> None:
         """A member asked to close leaves its channel at once, not when its socket is done."""
@@ -229,13 +273,16 @@ class Node:
                 del self._committing[record.key]
 
     def _deliver(self, record: Record) -> None:
+        frames = encode_record(record)
         history = self._history.get(record.key)
         if history is not None:
-            history.records.append(record)
+            history.records.append(frames)
         skip = record.sender if record.node == self.id else None
-        self.hub.fan_out(record, skip)
+        self.hub.fan_out(record.key, frames, skip)
 
-    async def recover(self, key: ChannelKey, since: int, epoch: str | None) -> list[Record] | None:
+    async def recover(
+        self, key: ChannelKey, since: int, epoch: str | None
+    ) -> list[RecordFrames] | None:
         """Every record after `since`, in order and without gaps, from this node's history and
         the store; None when the gap cannot be filled (other epoch, history too short)."""
         if epoch is not None and epoch != self.broker.epoch(key):
@@ -246,7 +293,8 @@ class Node:
             return None
         found = {r.seq: r for r in history.records if r.seq > since}
         for record in await self.store.read_range(key[0], key[1], since, limit + 1):
-            found.setdefault(record.seq, record)
+            if record.seq not in found:
+                found[record.seq] = encode_record(record)
         records = [found[seq] for seq in sorted(found)]
         if len(records) > limit:
             return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from marshmallow import ValidationError
@@ -140,9 +140,20 @@ def c8_message_frame(record: Record) -> str | None:
     return _json({"message": record.public()})
 
 
-def record_frame(dialect: Dialect, record: Record) -> Frame | None:
-    """A record as one member of `dialect` receives it (None: no form in that dialect)."""
-    return piesocket_frame(record) if dialect is Dialect.PIESOCKET else c8_message_frame(record)
+class RecordFrames(NamedTuple):
+    """A record encoded once for each dialect. Only strings and ints, so the history that keeps
+    thousands of these costs the garbage collector nothing."""
+
+    seq: int
+    piesocket: Frame
+    c8: str | None  # binary frames have no c8 form
+
+    def for_dialect(self, dialect: Dialect) -> Frame | None:
+        return self.piesocket if dialect is Dialect.PIESOCKET else self.c8
+
+
+def encode_record(record: Record) -> RecordFrames:
+    return RecordFrames(record.seq, piesocket_frame(record), c8_message_frame(record))
 
 
 def data_from_text(text: str) -> Any:
@@ -171,10 +182,11 @@ def error_frame(dialect: Dialect, code: str, message: str, rid: str | None = Non
     return _json({"error": body})
 
 
-def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connections: int) -> str:
+def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connections: int,
+                  max_frame_bytes: int) -> str:
     return _json(
         {"welcome": {"client_id": client_id, "channel": channel, "epoch": epoch, "seq": seq,
-                     "connections": connections}}
+                     "connections": connections, "max_frame_bytes": max_frame_bytes}}
     )
 
 

@@ -16,6 +16,7 @@ from quart import Blueprint, current_app, websocket
 
 from app.auth import verify_token
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
+from app.limits import TokenBucket
 from app.member import ASGISend, Member, MemberState, Outgoing
 from app.node import Node
 from app.protocol import (
@@ -34,7 +35,6 @@ from app.protocol import (
     fatal_frame,
     parse_c8,
     parse_piesocket,
-    record_frame,
     recovered_frame,
     reply_frame,
     status_frame,
@@ -46,6 +46,7 @@ from app.schemas import CHANNEL_PATTERN, first_error, load_connect_params
 log = logging.getLogger(__name__)
 blueprint = Blueprint("ws", __name__)
 RAW_SEND = "c8ws.send"
+REFUSAL_LINGER = 2.0  # seconds a refused connection may take to answer our close
 
 
 def current_node() -> Node:
@@ -82,6 +83,10 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
             CloseCode.BAD_CHANNEL,
             "Invalid channel id: use 1 to 64 letters, digits, '_' or '-'.",
         )
+    limits = node.limits(app)
+    origin = websocket.headers.get("Origin")
+    if limits.allowed_origins and origin is not None and origin not in limits.allowed_origins:
+        raise Refusal(CloseCode.ORIGIN, "Origin not allowed for this app.")
     identity = verify_token(params["jwt"] or websocket.headers.get("jwt"), app.secret, channel)
     client_id = params["client_id"] or new_client_id()
     member = Member(
@@ -95,17 +100,22 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
         notify_self=params["notify_self"],
         persistent=params["persistent"],
         presence=params["presence"],
-        origin=websocket.headers.get("Origin"),
+        origin=origin,
         remote=websocket.remote_addr,
-        max_queue_bytes=node.settings.max_queue_bytes,
+        limits=limits,
+        bucket=TokenBucket(limits.msg_rate, limits.msg_burst),
     )
+    node.check_capacity(member, limits)
     return member, params
 
 
 async def refuse(refusal: Refusal) -> None:
+    """Accept, send the fatal frame, close with the code; then wait for the peer's close, or a
+    browser may see the connection drop (1006) before it reads our close code."""
     await websocket.accept()
     await websocket.send(fatal_frame(refusal.message))
     await websocket.close(int(refusal.close_code), refusal.message[:120])
+    await discard_until_disconnect(REFUSAL_LINGER)
 
 
 async def serve(dialect: Dialect, channel: str) -> None:
@@ -124,6 +134,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
         await read_loop(node, member)
         await writer
+        await discard_until_disconnect(node.settings.shutdown_timeout)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -148,15 +159,16 @@ async def queue_first_frames(
     c8 = member.dialect is Dialect.C8
     if c8:
         channel_epoch, seq = await node.position(member.key)
-        frames.append(Outgoing(
-            welcome_frame(member.client_id, member.key[1], channel_epoch, seq, connections)))
+        frames.append(Outgoing(welcome_frame(
+            member.client_id, member.key[1], channel_epoch, seq, connections,
+            member.limits.max_frame_bytes)))
     after = 0
     if since is not None:
         records = await node.recover(member.key, since, epoch)
         if records is not None:
             after = max(since, records[-1].seq if records else since)
             for record in records:
-                frame = record_frame(member.dialect, record)
+                frame = record.for_dialect(member.dialect)
                 if frame is not None:
                     frames.append(Outgoing(frame, record.seq))
         if c8:
@@ -169,7 +181,8 @@ async def queue_first_frames(
 async def read_loop(node: Node, member: Member) -> None:
     """Handle the member's frames until it closes or is closed."""
     parse = parse_c8 if member.dialect is Dialect.C8 else parse_piesocket
-    limit = node.settings.max_frame_bytes
+    limit = member.limits.max_frame_bytes
+    bucket = member.bucket
     while member.state is MemberState.OPEN:
         frame: Frame = await websocket.receive()
         member.messages_in += 1
@@ -177,10 +190,29 @@ async def read_loop(node: Node, member: Member) -> None:
             member.send_frame(fatal_frame(f"Message too large: the limit is {limit} bytes."))
             member.close(CloseCode.TOO_LARGE, "message too large")
             return
+        if not bucket.take():
+            if bucket.refused == 1:  # once per streak, so a flood is not answered in kind
+                member.send_frame(error_frame(
+                    member.dialect, ErrorCode.RATE_LIMITED,
+                    f"Too many messages: {bucket.rate:g}/s, bursts of {bucket.burst:g}."))
+            elif bucket.refused >= bucket.burst:
+                member.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                return
+            continue
         try:
             await handle(node, member, parse(frame))
         except ClientError as error:
             member.send_frame(error_frame(member.dialect, error.code, error.message, error.rid))
+
+
+async def discard_until_disconnect(timeout: float) -> None:
+    """After our close frame, keep reading (and dropping) until the peer's close arrives: the
+    server stops reading the socket once nobody consumes, and would never see the peer's reply
+    behind a backlog of frames (a flooder's, say)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                await websocket.receive()
 
 
 def _size(frame: Frame) -> int:

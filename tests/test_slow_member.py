@@ -21,7 +21,7 @@ async def test_stalled_reader_is_dropped_others_get_all_in_order(
 ) -> None:
     """10,000 messages: the stalled member closes with 4008, two readers get all 10,000 in order,
     and the server's memory stays bounded by the queue limit, not by what was published."""
-    live = make_server({"C8WS_MAX_QUEUE_BYTES": str(1024 * 1024)})
+    live = make_server({"C8WS_MAX_QUEUE_BYTES": str(1024 * 1024), "C8WS_MSG_RATE": "0"})
     path = "/v3/slow?api_key=demo"
     stalled = StalledClient(live.port, path)
     readers = [await connect(live.ws(path)) for _ in range(2)]

@@ -62,6 +62,10 @@ class Store(ABC):
         """Replace an app's secret."""
 
     @abstractmethod
+    async def set_app_settings(self, app_id: str, settings: dict[str, Any]) -> None:
+        """Replace an app's settings (its limit overrides and allowed origins)."""
+
+    @abstractmethod
     async def app_by_key(self, key: str) -> App | None:
         """The app owning `key`, if any."""
 

@@ -119,6 +119,10 @@ class SqliteStore(Store):
     async def set_app_secret(self, app_id: str, secret: str) -> None:
         await self._db.execute("UPDATE apps SET secret = ? WHERE id = ?", (secret, app_id))
 
+    async def set_app_settings(self, app_id: str, settings: dict[str, Any]) -> None:
+        await self._db.execute("UPDATE apps SET settings = ? WHERE id = ?",
+                               (orjson.dumps(settings).decode(), app_id))
+
     async def _one_app(self, where: str, value: str) -> App | None:
         async with self._read_db.execute(
             f"SELECT {_APP_COLUMNS} FROM apps WHERE {where} = ?", (value,)

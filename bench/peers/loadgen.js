@@ -31,7 +31,8 @@ function parseArgs(argv) {
     duration: 10,
     window: 200,
     settle: 1.0,
-    drain: 5.0,
+    drain: 30.0, // at most this long for the last deliveries after sending stops
+    idle: 1.0, // ...and give up earlier once nothing arrived for this long
     tick: 5,
     connectTimeout: 30,
     deflate: false,
@@ -93,9 +94,18 @@ function makeMessage(channel, seq) {
   return `${head}${'x'.repeat(Math.max(0, MESSAGE_BYTES - head.length - 2))}"}`;
 }
 
+// Close codes of every connection closed by the server before the results are taken, counted
+// from the moment it opens (a refusal, e.g. 4029, closes it before any run starts).
+const closes = {};
+let counting = true;
+
 function connect(url, opts) {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { perMessageDeflate: opts.deflate });
+    ws.on('close', (code) => {
+      if (counting) closes[code] = (closes[code] || 0) + 1;
+    });
+    ws.on('error', () => {});
     const timer = setTimeout(() => {
       ws.terminate();
       reject(new Error('connect timeout'));
@@ -153,6 +163,7 @@ class Subscriber {
     stats.delivered += 1;
     stats.lastDelivery = now;
     stats.histogram.add(now - msg.t);
+    stats.track(msg.t, now - msg.t);
     if (msg.s <= this.lastSeq) this.outOfOrder += 1;
     else if (msg.s !== this.lastSeq + 1) this.gaps += 1;
     if (msg.s > this.lastSeq) this.lastSeq = msg.s;
@@ -161,22 +172,34 @@ class Subscriber {
 }
 
 function newStats() {
-  return { delivered: 0, foreign: 0, lastDelivery: 0, histogram: new Histogram(), closes: {} };
+  const stats = {
+    delivered: 0, foreign: 0, lastDelivery: 0, histogram: new Histogram(),
+    t0: null, maxBySecond: [],
+  };
+  // Worst latency per second of send time: shows whether a bad p99 is one stall or steady.
+  stats.track = (sentAt, ms) => {
+    if (stats.t0 === null) return;
+    const second = Math.max(0, Math.floor((sentAt - stats.t0) / 1000));
+    if (second < 600 && !(stats.maxBySecond[second] >= ms)) stats.maxBySecond[second] = ms;
+  };
+  return stats;
 }
 
-function watchCloses(sockets, stats) {
-  for (const ws of sockets) {
-    ws.on('close', (code) => {
-      stats.closes[code] = (stats.closes[code] || 0) + 1;
-    });
-    ws.on('error', () => {});
+// After sending stops: wait for the backlog while it is still moving, bounded by opts.drain.
+async function waitDrained(stats, expected, opts) {
+  const deadline = performance.now() + opts.drain * 1000;
+  let seen = stats.delivered;
+  let lastProgress = performance.now();
+  while (stats.delivered < expected) {
+    await sleep(20);
+    const now = performance.now();
+    if (stats.delivered !== seen) {
+      seen = stats.delivered;
+      lastProgress = now;
+    }
+    if (now - lastProgress > opts.idle * 1000 || now > deadline) return false;
   }
-}
-
-async function waitUntil(predicate, seconds) {
-  const deadline = performance.now() + seconds * 1000;
-  while (!predicate() && performance.now() < deadline) await sleep(20);
-  return predicate();
+  return true;
 }
 
 function orderSummary(subscribers) {
@@ -188,7 +211,12 @@ function orderSummary(subscribers) {
 
 function latencySummary(stats) {
   const h = stats.histogram;
-  return { p50_ms: h.quantile(0.5), p99_ms: h.quantile(0.99), max_ms: h.max };
+  return {
+    p50_ms: h.quantile(0.5),
+    p99_ms: h.quantile(0.99),
+    max_ms: h.max,
+    max_ms_by_second: Array.from(stats.maxBySecond, (ms) => Math.round(ms || 0)),
+  };
 }
 
 function cpuPercent(usage, seconds) {
@@ -200,10 +228,8 @@ async function runFanout(opts) {
   const subSockets = await connectAll(urls, opts);
   const stats = newStats();
   const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
-  watchCloses(subSockets, stats);
   await sleep(opts.settle * 1000);
   const publisher = await connect(channelUrl(opts, 0), opts);
-  watchCloses([publisher], stats);
   await sleep(100);
 
   const designated = subscribers[subscribers.length - 1];
@@ -221,12 +247,13 @@ async function runFanout(opts) {
   process.stderr.write('mark:start\n');
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
+  stats.t0 = t0;
   pump();
   await sleep(opts.duration * 1000);
   running = false;
   const sendSeconds = (performance.now() - t0) / 1000;
   const expected = sent * subscribers.length;
-  const drained = await waitUntil(() => stats.delivered >= expected, opts.drain);
+  const drained = await waitDrained(stats, expected, opts);
   const cpu = process.cpuUsage(cpu0);
   process.stderr.write('mark:stop\n');
   const seconds = (Math.max(stats.lastDelivery, t0 + 1) - t0) / 1000;
@@ -248,7 +275,7 @@ async function runFanout(opts) {
     ...latencySummary(stats),
     ...orderSummary(subscribers),
     foreign_frames: stats.foreign,
-    closes_during_run: { ...stats.closes },
+    closes_by_code: { ...closes },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
@@ -266,7 +293,6 @@ async function runRate(opts) {
   const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
   const channelUrls = Array.from({ length: opts.channels }, (_, c) => channelUrl(opts, c));
   const publishers = await connectAll(channelUrls, opts);
-  watchCloses([...subSockets, ...publishers], stats);
   await sleep(opts.settle * 1000);
 
   const seqs = new Array(opts.channels).fill(0);
@@ -284,6 +310,7 @@ async function runRate(opts) {
   process.stderr.write('mark:start\n');
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
+  stats.t0 = t0;
   const durationMs = opts.duration * 1000;
   await new Promise((resolve) => {
     const timer = setInterval(() => {
@@ -296,7 +323,7 @@ async function runRate(opts) {
     }, opts.tick);
   });
   const expected = sent * opts.subscribers;
-  const drained = await waitUntil(() => stats.delivered >= expected, opts.drain);
+  const drained = await waitDrained(stats, expected, opts);
   const cpu = process.cpuUsage(cpu0);
   process.stderr.write('mark:stop\n');
 
@@ -317,7 +344,7 @@ async function runRate(opts) {
     ...latencySummary(stats),
     ...orderSummary(subscribers),
     foreign_frames: stats.foreign,
-    closes_during_run: { ...stats.closes },
+    closes_by_code: { ...closes },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
@@ -326,6 +353,7 @@ async function runRate(opts) {
 }
 
 function closeAll(sockets) {
+  counting = false;
   for (const ws of sockets) ws.terminate();
 }
 
