@@ -3,7 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: run test lint bench clean
+# Debian packages the tests drive for real: Chromium for the browser tests.
+TEST_PACKAGES := chromium
+
+.PHONY: run test lint system-deps bench clean
 
 $(VENV)/.run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +24,17 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check app tests bench
 	$(BIN)/mypy app
 
-test: lint
+system-deps:
+	@missing=""; for package in $(TEST_PACKAGES); do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: lint system-deps
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.test

@@ -41,7 +41,8 @@ class Settings:
     max_connections_per_app: int = 10_000
     max_connections_per_ip: int = 1_000
     max_channels_per_app: int = 10_000
-    ping_interval: float = 20.0
+    ping_interval: float = 0.0  # off: Hypercorn keeps a closed socket until its next ping
+    presence_grace: float = 3.0
     history_size: int = 1000
     commit_interval_ms: float = 2.0
     shutdown_timeout: float = 3.0
@@ -120,6 +121,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_connections_per_ip": _positive_int,
     "max_channels_per_app": _positive_int,
     "ping_interval": _positive_float,
+    "presence_grace": _positive_float,
     "history_size": _positive_int,
     "commit_interval_ms": _positive_float,
     "shutdown_timeout": _positive_float,

@@ -6,7 +6,7 @@ queue; nothing here awaits, so one slow member never holds up a channel.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from app.member import Member, Outgoing
 from app.protocol import Dialect, RecordFrames
@@ -76,8 +76,9 @@ class Hub:
             delivered += 1
         return delivered
 
-    def send_to_dialect(self, key: ChannelKey, dialect: Dialect, item: Outgoing) -> None:
-        """Queue one frame for the channel's members of one dialect (e.g. connection counts)."""
+    def send_to(self, key: ChannelKey, item: Outgoing, wanted: Callable[[Member], bool]) -> None:
+        """Queue one frame for the channel's members that `wanted` picks (e.g. connection counts
+        for c8 members, member events for presence members)."""
         for member in self._channels.get(key, {}).values():
-            if member.dialect is dialect:
+            if wanted(member):
                 member.send_nowait(item)

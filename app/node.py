@@ -21,7 +21,14 @@ from app.errors import CloseCode, Refusal
 from app.hub import Hub
 from app.limits import Limits, limits_for
 from app.member import Member, Outgoing
-from app.protocol import Dialect, RecordFrames, connections_frame, encode_record
+from app.presence import PresenceMember, PresenceTracker
+from app.protocol import (
+    Dialect,
+    RecordFrames,
+    connections_frame,
+    encode_record,
+    member_event_frame,
+)
 from app.query import validate_query
 from app.records import ChannelKey, Record, now_ms, record_id
 from app.store.base import App, Store
@@ -30,6 +37,14 @@ log = logging.getLogger(__name__)
 
 COUNTS_INTERVAL = 0.25  # seconds between coalesced `connections` frames of one channel
 APP_CACHE_SECONDS = 5.0
+
+
+def _is_c8(member: Member) -> bool:
+    return member.dialect is Dialect.C8
+
+
+def _wants_presence(member: Member) -> bool:
+    return member.presence and member.dialect is Dialect.PIESOCKET
 
 
 def _decrement(counter: Counter[str], key: str) -> None:
@@ -65,6 +80,7 @@ class Node:
         self._sent_counts: dict[ChannelKey, int] = {}
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.presence = PresenceTracker(settings.presence_grace, self._announce_left)
         self._signin_tokens: dict[str, str] = {}
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
@@ -158,6 +174,10 @@ class Node:
                 await self.broker.unsubscribe(key)
             raise
         member.on_close = self._leave_soon
+        joined = self.presence.join(key, member.uuid, member.user)
+        if joined is not None:
+            frame = Outgoing(member_event_frame("member_joined", joined, self.presence.roster(key)))
+            self.hub.send_to(key, frame, lambda m: m is not member and _wants_presence(m))
         self._live.add(member)
         self._per_app[key[0]] += 1
         if member.remote:
@@ -181,6 +201,7 @@ class Node:
         removed, last = self.hub.remove_member(member)
         if not removed:
             return
+        self.presence.leave(key, member.uuid)
         self._dirty_counts.add(key)
         await self.broker.remove_connection(key, self._member_ref(member))
         if last:
@@ -190,6 +211,11 @@ class Node:
     def _channel_gone(self, key: ChannelKey) -> None:
         self._history.pop(key, None)
         _decrement(self._channels_per_app, key[0])
+
+    def _announce_left(self, key: ChannelKey, member: PresenceMember,
+                       roster: list[PresenceMember]) -> None:
+        frame = Outgoing(member_event_frame("member_left", member, roster))
+        self.hub.send_to(key, frame, _wants_presence)
 
     def _leave_soon(self, member: Member) -> None:
         """A member asked to close leaves its channel at once, not when its socket is done."""
@@ -227,7 +253,7 @@ class Node:
                     self._sent_counts.pop(key, None)
                 elif self._sent_counts.get(key) != count:
                     self._sent_counts[key] = count
-                    self.hub.send_to_dialect(key, Dialect.C8, Outgoing(connections_frame(count)))
+                    self.hub.send_to(key, Outgoing(connections_frame(count)), _is_c8)
 
     # records ------------------------------------------------------------------------------------
 

@@ -190,6 +190,15 @@ def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connection
     )
 
 
+def member_list_frame(members: list[dict[str, Any]]) -> str:
+    return _json({"event": "system:member_list", "data": {"members": members}})
+
+
+def member_event_frame(event: str, member: dict[str, Any], members: list[dict[str, Any]]) -> str:
+    """`system:member_joined` / `system:member_left` with the full roster."""
+    return _json({"event": f"system:{event}", "data": {"member": member, "members": members}})
+
+
 def connections_frame(connections: int) -> str:
     return f'{{"connections":{connections:d}}}'
 

@@ -33,6 +33,7 @@ from app.protocol import (
     data_from_text,
     error_frame,
     fatal_frame,
+    member_list_frame,
     parse_c8,
     parse_piesocket,
     recovered_frame,
@@ -162,6 +163,8 @@ async def queue_first_frames(
         frames.append(Outgoing(welcome_frame(
             member.client_id, member.key[1], channel_epoch, seq, connections,
             member.limits.max_frame_bytes)))
+    if member.presence and not c8:
+        frames.append(Outgoing(member_list_frame(node.presence.roster(member.key))))
     after = 0
     if since is not None:
         records = await node.recover(member.key, since, epoch)
