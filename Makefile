@@ -3,7 +3,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-# Debian packages the tests drive for real: Chromium for the browser tests.
+# Debian packages the tests drive for real: Chromium for the browser tests, Node.js for the
+# real piesocket-js SDK.
 TEST_PACKAGES := chromium
 
 .PHONY: run test lint system-deps bench clean
@@ -27,6 +28,7 @@ lint: $(VENV)/.test
 system-deps:
 	@missing=""; for package in $(TEST_PACKAGES); do \
 	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -34,7 +36,11 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: lint system-deps
+tests/sdk/node_modules: tests/sdk/package.json
+	cd tests/sdk && npm install --no-audit --no-fund --silent
+	touch $@
+
+test: lint system-deps tests/sdk/node_modules
 	$(BIN)/pytest -q
 
 bench: $(VENV)/.test

@@ -10,9 +10,11 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from app.config import MIB, load_settings
+from app.devcert import write_dev_cert
 from app.errors import ConfigError, StoreError
 from app.limits import OVERRIDABLE, parse_override
 from app.node import Node
@@ -29,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the SQLite file lives (C8WS_DATA_DIR, ./var)")
     serve.add_argument("--certfile", help="TLS certificate, PEM (C8WS_CERTFILE)")
     serve.add_argument("--keyfile", help="TLS private key, PEM (C8WS_KEYFILE)")
+
+    cert = commands.add_parser("dev-cert", help="make a self-signed TLS pair for local testing")
+    cert.add_argument("--out-dir", default=None, help="where to write (default: the data dir)")
+    cert.add_argument("--host", action="append", default=None,
+                      help="a name or IP the certificate is for (repeatable; default "
+                           "127.0.0.1 and localhost)")
 
     keys = commands.add_parser("keys", help="manage apps and their keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -123,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "serve":
             serve(args)
+        elif args.command == "dev-cert":
+            out = Path(args.out_dir) if args.out_dir else load_settings().data_dir
+            certfile, keyfile = write_dev_cert(out, args.host or ["127.0.0.1", "localhost"])
+            print(f"certificate: {certfile}\nkey:         {keyfile}\n"
+                  f"serve with:  c8ws serve --certfile {certfile} --keyfile {keyfile}")
         else:
             asyncio.run(_keys(args))
     except (ConfigError, StoreError) as error:
