@@ -187,7 +187,8 @@ async def read_loop(node: Node, member: Member) -> None:
     limit = member.limits.max_frame_bytes
     bucket = member.bucket
     while member.state is MemberState.OPEN:
-        frame: Frame = await websocket.receive()
+        # Quart hands an empty binary frame over as None.
+        frame: Frame = await websocket.receive() or b""
         member.messages_in += 1
         if len(frame) > limit // 4 and _size(frame) > limit:
             member.send_frame(fatal_frame(f"Message too large: the limit is {limit} bytes."))
