@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 
@@ -43,10 +44,8 @@ async def _fuzz_round(server: Server, frames: list[str | bytes], round_id: int) 
         await recv_kind(bob, "welcome")
         for index, frame in enumerate(frames):
             for fuzzer in (pie_fuzzer, c8_fuzzer):
-                try:
+                with contextlib.suppress(websockets.ConnectionClosed):
                     await fuzzer.send(frame)
-                except websockets.ConnectionClosed:
-                    pass
             text = orjson.dumps({"publish": {"data": {"honest": index}}}).decode()
             await alice.send(text)
             while True:  # the fuzzers' relayed frames arrive too; honest ones in order
