@@ -10,10 +10,12 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from quart import Quart
 
 from app.broker import create_broker
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings, load_settings
+from app.metrics import NodeCollector, StoreMetrics
 from app.node import Node
 from app.store import create_store
 from app.store.base import App, Store
@@ -69,9 +71,14 @@ def create_app(
     """Build the app; nothing connects until serving starts."""
     settings = load_settings(environ, overrides)
     app = Quart(__name__, static_folder=str(STATIC_DIR), template_folder=str(TEMPLATES_DIR))
-    store = create_store(settings.store_url, settings.commit_interval_ms)
+    registry = CollectorRegistry()
+    store_metrics = StoreMetrics(registry)
+    store = create_store(settings.store_url, settings.commit_interval_ms,
+                         store_metrics.observe_commit)
     broker = create_broker(settings.broker_url)
     node = Node(settings, store, broker)
+    registry.register(NodeCollector(node.stats, node.connection_total, node.channel_total))
+    app.extensions["c8ws.metrics"] = registry
     app.extensions["c8ws.node"] = node
     app.extensions["c8ws.settings"] = settings
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True,
@@ -90,10 +97,11 @@ def create_app(
         await node.stop()
         await store.close()
 
-    from app import api, views, ws
+    from app import admin, api, views, ws
 
     app.register_blueprint(ws.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(admin.blueprint)
     app.register_blueprint(views.blueprint)
     app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

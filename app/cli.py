@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -18,7 +19,9 @@ from app.devcert import write_dev_cert
 from app.errors import ConfigError, StoreError
 from app.limits import OVERRIDABLE, parse_override
 from app.node import Node
+from app.schemas import CHANNEL_PATTERN
 from app.store import create_store
+from app.transfer import export_channel, import_channel
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--host", action="append", default=None,
                       help="a name or IP the certificate is for (repeatable; default "
                            "127.0.0.1 and localhost)")
+
+    export = commands.add_parser("export", help="write a channel's stored records")
+    export.add_argument("--app", default="demo", help="the app's name (default demo)")
+    export.add_argument("--channel", required=True)
+    export.add_argument("--format", choices=("ndjson", "csv"), default="ndjson")
+    export.add_argument("--output", help="file to write (default: standard output)")
+    export.add_argument("--data-dir", help="as for serve")
+    load = commands.add_parser("import", help="append NDJSON records to a channel")
+    load.add_argument("file", help="an NDJSON export ('-' for standard input)")
+    load.add_argument("--app", default="demo", help="the app's name (default demo)")
+    load.add_argument("--channel", required=True, help="the channel to append to")
+    load.add_argument("--data-dir", help="as for serve")
 
     keys = commands.add_parser("keys", help="manage apps and their keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -101,6 +116,30 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
 
 
+async def _transfer(args: argparse.Namespace) -> None:
+    if not CHANNEL_PATTERN.fullmatch(args.channel):
+        raise ConfigError("--channel: use 1 to 64 letters, digits, '_' or '-'")
+    settings = load_settings(overrides=_overrides(args, ("data_dir",)))
+    store = create_store(settings.store_url)
+    await store.open()
+    try:
+        app = await store.app_by_name(args.app)
+        if app is None:
+            raise ConfigError(f"--app: there is no app called {args.app!r}")
+        if args.command == "export":
+            with contextlib.ExitStack() as stack:
+                out = (stack.enter_context(open(args.output, "w", newline="", encoding="utf-8"))
+                       if args.output else sys.stdout)
+                await export_channel(store, app.id, args.channel, args.format, out)
+        else:
+            with contextlib.ExitStack() as stack:
+                lines = (sys.stdin if args.file == "-"
+                         else stack.enter_context(open(args.file, encoding="utf-8")))
+                await import_channel(store, app.id, args.channel, lines)
+    finally:
+        await store.close()
+
+
 async def _keys(args: argparse.Namespace) -> None:
     settings = load_settings(overrides=_overrides(args, ("data_dir",)))
     store = create_store(settings.store_url)
@@ -136,9 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             certfile, keyfile = write_dev_cert(out, args.host or ["127.0.0.1", "localhost"])
             print(f"certificate: {certfile}\nkey:         {keyfile}\n"
                   f"serve with:  c8ws serve --certfile {certfile} --keyfile {keyfile}")
+        elif args.command in ("export", "import"):
+            asyncio.run(_transfer(args))
         else:
             asyncio.run(_keys(args))
-    except (ConfigError, StoreError) as error:
+    except (ConfigError, StoreError, OSError) as error:
         print(f"c8ws: error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -44,7 +44,7 @@ class Settings:
     ping_interval: float = 0.0  # off: Hypercorn keeps a closed socket until its next ping
     presence_grace: float = 3.0
     history_size: int = 1000
-    commit_interval_ms: float = 2.0
+    commit_interval_ms: float = 0.0
     shutdown_timeout: float = 3.0
 
     @property

@@ -74,6 +74,7 @@ class Member:
     close_reason: str = ""
     queued_bytes: int = 0
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
+    pipeline: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 

@@ -21,6 +21,7 @@ from app.errors import CloseCode, Refusal
 from app.hub import Hub
 from app.limits import Limits, limits_for
 from app.member import Member, Outgoing
+from app.metrics import NodeStats
 from app.presence import PresenceMember, PresenceTracker
 from app.protocol import (
     Dialect,
@@ -80,6 +81,7 @@ class Node:
         self._sent_counts: dict[ChannelKey, int] = {}
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.stats = NodeStats()
         self.presence = PresenceTracker(settings.presence_grace, self._announce_left)
         self._signin_tokens: dict[str, str] = {}
         self._live: set[Member] = set()  # every connection until its socket is done
@@ -148,6 +150,16 @@ class Node:
         return self._signin_tokens.pop(token, None)
 
     # members ------------------------------------------------------------------------------------
+
+    def connection_total(self) -> int:
+        return len(self._live)
+
+    def channel_total(self) -> int:
+        return len(self.hub.channels())
+
+    def members(self, app: str) -> list[Member]:
+        """This node's live members of one app."""
+        return [member for member in self._live if member.key[0] == app]
 
     def next_member_id(self) -> int:
         return next(self._member_ids)
@@ -219,6 +231,8 @@ class Node:
 
     def _leave_soon(self, member: Member) -> None:
         """A member asked to close leaves its channel at once, not when its socket is done."""
+        if member.close_code == CloseCode.TOO_SLOW:
+            self.stats.slow_members_dropped += 1
         task = asyncio.create_task(self._leave_channel(member))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -272,6 +286,7 @@ class Node:
         """Stamp a record, commit it first when persistent, then hand it to the broker."""
         await self._seed(key)
         seq = await self.broker.next_seq(key)
+        self.stats.published += 1
         stored = persistent and binary is None
         record = Record(
             app=key[0], channel=key[1], seq=seq, id=record_id(seq), client_id=client_id,
@@ -304,7 +319,7 @@ class Node:
         if history is not None:
             history.records.append(frames)
         skip = record.sender if record.node == self.id else None
-        self.hub.fan_out(record.key, frames, skip)
+        self.stats.deliveries += self.hub.fan_out(record.key, frames, skip)
 
     async def recover(
         self, key: ChannelKey, since: int, epoch: str | None

@@ -211,3 +211,17 @@ class AuthRequest(Schema):
 
     channel_name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
     username = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+
+
+class PublishBody(Schema):
+    """POST /api/publish, PieSocket's REST API: `{key, secret, channelId, message}`."""
+
+    class Meta:
+        unknown = RAISE
+
+    key = fields.String(required=True)
+    secret = fields.String(required=True)
+    channelId = fields.String(required=True,
+                              validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    message = fields.Raw(required=True, allow_none=True)
+    persistent = fields.Boolean(load_default=False)

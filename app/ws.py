@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("ws", __name__)
 RAW_SEND = "c8ws.send"
 REFUSAL_LINGER = 2.0  # seconds a refused connection may take to answer our close
+MAX_PIPELINED = 256  # persistent publishes of one member waiting for their commit
 
 
 def current_node() -> Node:
@@ -190,6 +191,7 @@ async def read_loop(node: Node, member: Member) -> None:
         # Quart hands an empty binary frame over as None.
         frame: Frame = await websocket.receive() or b""
         member.messages_in += 1
+        node.stats.messages_in += 1
         if len(frame) > limit // 4 and _size(frame) > limit:
             member.send_frame(fatal_frame(f"Message too large: the limit is {limit} bytes."))
             member.close(CloseCode.TOO_LARGE, "message too large")
@@ -244,12 +246,30 @@ async def handle(node: Node, member: Member, command: Command) -> None:
 
 
 async def _publish(node: Node, member: Member, rid: str | None, **message: Any) -> None:
+    """Publish for a member. A persistent publish is not awaited here: it runs as a task, so
+    the member's next frames join the same group commit (tasks start, and so enqueue, in
+    order; the node keeps channel order), with at most MAX_PIPELINED in flight."""
+    publishing = _publish_and_answer(node, member, rid, message)
+    if not member.persistent:
+        await publishing
+        return
+    pending = member.pipeline
+    task = asyncio.create_task(publishing)
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+    if len(pending) >= MAX_PIPELINED:
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def _publish_and_answer(node: Node, member: Member, rid: str | None,
+                              message: dict[str, Any]) -> None:
     try:
         record = await node.publish(
             member.key, client_id=member.client_id, username=member.username,
             persistent=member.persistent, sender=member, **message,
         )
     except NotStored as error:
-        raise ClientError(ErrorCode.NOT_STORED, str(error), rid) from None
+        member.send_frame(error_frame(member.dialect, ErrorCode.NOT_STORED, str(error), rid))
+        return
     if rid is not None:
         member.send_frame(reply_frame(rid, {"record": record.public()}))

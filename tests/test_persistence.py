@@ -129,7 +129,7 @@ async def test_restart_keeps_persistent_and_drops_the_rest(
 
 async def test_kill_9_loses_nothing_a_subscriber_saw(make_server: Callable[..., Server]) -> None:
     """kill -9 while persistent messages flow: every message delivered is in the store."""
-    live = make_server()
+    live = make_server({"C8WS_MSG_RATE": "0"})
     seen: list[int] = []
     async with await connect(live.ws("/v3/crash?api_key=demo")) as subscriber:
         publisher = await connect(live.ws("/v3/crash?api_key=demo&persistent=1"))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.records import Record
+
+CommitObserver = Callable[[int, float], None]
+"""Told the size and duration of every committed batch (for metrics)."""
 
 
 @dataclass(frozen=True)

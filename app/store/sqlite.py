@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from app.errors import NotStored, StoreError
 from app.query import compile_search, group_value
 from app.records import Record, now_ms
-from app.store.base import App, Store, Widget
+from app.store.base import App, CommitObserver, Store, Widget
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ def _row(record: Record) -> tuple[Any, ...]:
 class SqliteStore(Store):
     """Appends are queued and committed by one task, many per transaction."""
 
-    def __init__(self, path: str, commit_interval_ms: float = 0.0) -> None:
+    def __init__(self, path: str, commit_interval_ms: float = 0.0,
+                 on_commit: CommitObserver | None = None) -> None:
         self._path = path
+        self._on_commit = on_commit
         self._interval = commit_interval_ms / 1000
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -166,6 +169,7 @@ class SqliteStore(Store):
         if not batch:
             return
         db = self._db
+        began = time.perf_counter()
         try:
             await db.execute("BEGIN")
             await db.executemany(_INSERT, [_row(record) for record, _ in batch])
@@ -178,6 +182,8 @@ class SqliteStore(Store):
                 if not future.done():
                     future.set_exception(NotStored(f"record not stored: {error}"))
             return
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - began)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)

@@ -1,0 +1,130 @@
+"""Secret-protected HTTP routes: live channels and members, disconnecting a member, streamed
+export, PieSocket's REST publish, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, Response, current_app, request
+
+from app.access import HTTPError, app_from_secret, current_node
+from app.api import checked_channel, json_body, json_response, validated
+from app.errors import CloseCode, ErrorCode, NotStored
+from app.member import Member
+from app.protocol import data_from_text
+from app.schemas import PublishBody
+from app.transfer import CSV_COLUMNS, csv_row, stored_records
+
+blueprint = Blueprint("admin", __name__)
+
+
+def describe_member(member: Member) -> dict[str, Any]:
+    return {
+        "client_id": member.client_id, "dialect": member.dialect.value, "user": member.user,
+        "username": member.username, "uuid": member.uuid, "origin": member.origin,
+        "remote": member.remote, "connected_at": member.connected_at,
+        "messages_in": member.messages_in, "messages_out": member.messages_out,
+        "queue_depth": member.queue_depth, "queued_bytes": member.queued_bytes,
+        "notify_self": member.notify_self, "persistent": member.persistent,
+        "presence": member.presence, "state": member.state.value,
+    }
+
+
+@blueprint.get("/api/channels")
+async def channels() -> Response:
+    app = await app_from_secret()
+    node = current_node()
+    found: list[dict[str, Any]] = []
+    for key in node.hub.channels():
+        if key[0] == app.id:
+            found.append({"channel": key[1], "connections": await node.count(key),
+                          "members_here": len(node.hub.members(key))})
+    found.sort(key=lambda channel: str(channel["channel"]))
+    return json_response({"channels": found})
+
+
+@blueprint.get("/api/channels/<path:channel>/connections")
+async def connections(channel: str) -> Response:
+    app = await app_from_secret()
+    node = current_node()
+    key = (app.id, checked_channel(channel))
+    members = [describe_member(m) for m in node.hub.members(key)]
+    return json_response({"channel": key[1], "connections": await node.count(key),
+                          "members": members})
+
+
+@blueprint.post("/api/channels/<path:channel>/members/<client_id>/disconnect")
+async def disconnect(channel: str, client_id: str) -> Response:
+    """Close a member with 4000 "disconnected by an operator"."""
+    app = await app_from_secret()
+    key = (app.id, checked_channel(channel))
+    closed = 0
+    for member in current_node().hub.members(key):
+        if member.client_id == client_id:
+            member.close(CloseCode.OPERATOR, "disconnected by an operator")
+            closed += 1
+    if not closed:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no member {client_id!r} in {channel!r}")
+    return json_response({"disconnected": closed})
+
+
+def csv_line(values: list[Any]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue().encode()
+
+
+@blueprint.get("/api/channels/<path:channel>/export")
+async def export(channel: str) -> Response:
+    """Every stored record as NDJSON (default) or CSV, streamed."""
+    app = await app_from_secret()
+    key = (app.id, checked_channel(channel))
+    kind = request.args.get("format", "ndjson")
+    if kind not in ("ndjson", "csv"):
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST, "format must be ndjson or csv")
+    store = current_node().store
+
+    async def body() -> AsyncIterator[bytes]:
+        if kind == "csv":
+            yield csv_line(list(CSV_COLUMNS))
+        async for record in stored_records(store, *key):
+            public = record.public()
+            yield csv_line(csv_row(public)) if kind == "csv" else orjson.dumps(public) + b"\n"
+
+    mimetype = "text/csv" if kind == "csv" else "application/x-ndjson"
+    response = Response(body(), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{key[1]}.{kind}"'
+    response.timeout = None
+    return response
+
+
+@blueprint.post("/api/publish")
+async def publish() -> Response:
+    """PieSocket's REST publish: the key names the app, the secret proves it."""
+    fields = validated(PublishBody(), await json_body())
+    node = current_node()
+    app = await node.app_by_key(fields["key"])
+    if app is None or not hmac.compare_digest(app.secret.encode(), fields["secret"].encode()):
+        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "unknown key or wrong secret")
+    message = fields["message"]
+    text = message if isinstance(message, str) else None
+    try:
+        record = await node.publish(
+            (app.id, fields["channelId"]), client_id="http-api", text=text,
+            data=data_from_text(message) if text is not None else message,
+            persistent=fields["persistent"])
+    except NotStored as error:
+        raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
+    return json_response({"success": True, "record": record.public()})
+
+
+@blueprint.get("/metrics")
+async def metrics() -> Response:
+    registry = current_app.extensions["c8ws.metrics"]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,100 @@
+"""`c8ws export` and `c8ws import`: a channel's stored records as NDJSON or CSV, in pages, with
+progress on stderr. Import appends the records (same ids, `created`, usernames and data) to a
+channel, numbering them after whatever it holds."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
+
+import orjson
+
+from app.errors import ConfigError
+from app.records import Record
+from app.store.base import Store
+
+PAGE = 1000
+CSV_COLUMNS = ("seq", "id", "client_id", "created", "username", "data")
+
+
+async def stored_records(store: Store, app: str, channel: str) -> AsyncIterator[Record]:
+    """Every stored record of a channel in seq order, a page at a time (bounded memory)."""
+    after = 0
+    while True:
+        page = await store.read_range(app, channel, after, PAGE)
+        for record in page:
+            yield record
+        if len(page) < PAGE:
+            return
+        after = page[-1].seq
+
+
+def csv_row(record: dict[str, Any]) -> list[Any]:
+    return [*(record[c] for c in CSV_COLUMNS[:-1]), orjson.dumps(record["data"]).decode()]
+
+
+class Progress:
+    """`N records` rewritten in place on a terminal, a line per 100,000 otherwise."""
+
+    def __init__(self, verb: str, stream: IO[str] = sys.stderr) -> None:
+        self.verb = verb
+        self.stream = stream
+        self.count = 0
+        self.tty = stream.isatty()
+
+    def step(self) -> None:
+        self.count += 1
+        if self.tty and self.count % 1000 == 0:
+            self.stream.write(f"\r{self.verb} {self.count:,} records")
+        elif not self.tty and self.count % 100_000 == 0:
+            self.stream.write(f"{self.verb} {self.count:,} records\n")
+
+    def done(self) -> None:
+        self.stream.write(f"{chr(13) if self.tty else ''}{self.verb} {self.count:,} records, "
+                          "done\n")
+
+
+async def export_channel(store: Store, app: str, channel: str, kind: str, out: IO[str]) -> int:
+    progress = Progress("exported")
+    writer = csv.writer(out) if kind == "csv" else None
+    if writer is not None:
+        writer.writerow(CSV_COLUMNS)
+    async for record in stored_records(store, app, channel):
+        public = record.public()
+        if writer is not None:
+            writer.writerow(csv_row(public))
+        else:
+            out.write(orjson.dumps(public).decode() + "\n")
+        progress.step()
+    progress.done()
+    return progress.count
+
+
+def _ndjson(lines: IO[str]) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"line {number} is not JSON") from None
+        if not isinstance(value, dict) or not {"id", "created", "data"} <= value.keys():
+            raise ConfigError(f"line {number} is not a record (id, created, data)")
+        yield value
+
+
+async def import_channel(store: Store, app: str, channel: str, lines: IO[str]) -> int:
+    """Append NDJSON records to the channel; returns how many."""
+    progress = Progress("imported")
+    seq = await store.last_seq(app, channel)
+    for value in _ndjson(lines):
+        seq += 1
+        await store.append_record(Record(
+            app=app, channel=channel, seq=seq, id=str(value["id"]),
+            client_id=str(value.get("client_id") or "import"), created=int(value["created"]),
+            data=value["data"], username=value.get("username"), persistent=True))
+        progress.step()
+    progress.done()
+    return progress.count
