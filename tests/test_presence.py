@@ -65,3 +65,16 @@ async def test_dropped_socket_leaves_no_ghost(presence_server: Server) -> None:
         assert left["event"] == "system:member_left" and left["data"]["member"]["uuid"] == "u-gh"
         await a.send("cmd_status")
         assert await recv_json(a) == {"system": {"connection_count": 1}}
+
+
+async def test_silent_peer_is_dropped_by_pings(make_server: Callable[..., Server]) -> None:
+    """With C8WS_PING_INTERVAL set, a peer that never answers pings (no FIN, no close frame)
+    is dropped after three intervals, and leaves the roster."""
+    live = make_server({"C8WS_PING_INTERVAL": "0.5", "C8WS_PRESENCE_GRACE": "0.2"})
+    async with await connect(url(live, "u-ann", "ann", "pings")) as a:
+        await recv_json(a)
+        silent = StalledClient(live.port, "/v3/pings?api_key=demo&presence=1&uuid=u-si&user=si")
+        assert (await recv_json(a))["event"] == "system:member_joined"
+        left = await recv_json(a, 10)
+        assert left["event"] == "system:member_left" and left["data"]["member"]["uuid"] == "u-si"
+        silent.close()
