@@ -3,11 +3,13 @@ export, PieSocket's REST publish, and the Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hmac
 import io
+import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,13 +17,15 @@ from quart import Blueprint, Response, current_app, request
 
 from app.access import HTTPError, app_from_secret, current_node
 from app.api import checked_channel, json_body, json_response, validated
-from app.errors import CloseCode, ErrorCode, NotStored
+from app.errors import ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
 from app.protocol import data_from_text
+from app.query import validate_query
 from app.schemas import PublishBody
 from app.transfer import CSV_COLUMNS, csv_row, stored_records
 
 blueprint = Blueprint("admin", __name__)
+EVENTS_TICK = 0.5
 
 
 def describe_member(member: Member) -> dict[str, Any]:
@@ -59,6 +63,35 @@ async def connections(channel: str) -> Response:
                           "members": members})
 
 
+@blueprint.get("/api/events")
+async def events() -> Response:
+    """Server-sent events for the connections view: every EVENTS_TICK seconds, the channels
+    whose count or message total changed (the first event has them all), aggregated per channel
+    so 10,000 members cost a line per channel, not per member."""
+    app = await app_from_secret()
+    node = current_node()
+
+    async def stream() -> AsyncIterator[bytes]:
+        sent: dict[str, tuple[int, int]] = {}
+        while True:
+            now: dict[str, tuple[int, int]] = {}
+            for key in node.hub.channels():
+                if key[0] == app.id:
+                    now[key[1]] = (len(node.hub.members(key)), node.channel_messages[key])
+            changed = [{"channel": c, "connections": n, "messages": m}
+                       for c, (n, m) in now.items() if sent.get(c) != (n, m)]
+            gone = [c for c in sent if c not in now]
+            sent = now
+            body = {"time": time.time(), "changed": changed, "gone": gone}
+            yield b"data: " + orjson.dumps(body) + b"\n\n"
+            await asyncio.sleep(EVENTS_TICK)
+
+    response = Response(stream(), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.timeout = None
+    return response
+
+
 @blueprint.post("/api/channels/<path:channel>/members/<client_id>/disconnect")
 async def disconnect(channel: str, client_id: str) -> Response:
     """Close a member with 4000 "disconnected by an operator"."""
@@ -80,6 +113,20 @@ def csv_line(values: list[Any]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def export_filters(raw: str | None) -> list[dict[str, Any]]:
+    """The `filters` parameter: a JSON list in QUERY's filter syntax, validated like a search."""
+    if not raw:
+        return []
+    try:
+        filters = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HTTPError(400, ErrorCode.INVALID_QUERY, "filters must be a JSON list") from None
+    try:
+        return cast(list[dict[str, Any]], validate_query({"filters": filters})["filters"])
+    except ClientError as error:
+        raise HTTPError(400, error.code, error.message) from None
+
+
 @blueprint.get("/api/channels/<path:channel>/export")
 async def export(channel: str) -> Response:
     """Every stored record as NDJSON (default) or CSV, streamed."""
@@ -88,12 +135,13 @@ async def export(channel: str) -> Response:
     kind = request.args.get("format", "ndjson")
     if kind not in ("ndjson", "csv"):
         raise HTTPError(400, ErrorCode.INVALID_REQUEST, "format must be ndjson or csv")
+    filters = export_filters(request.args.get("filters"))
     store = current_node().store
 
     async def body() -> AsyncIterator[bytes]:
         if kind == "csv":
             yield csv_line(list(CSV_COLUMNS))
-        async for record in stored_records(store, *key):
+        async for record in stored_records(store, *key, filters):
             public = record.public()
             yield csv_line(csv_row(public)) if kind == "csv" else orjson.dumps(public) + b"\n"
 

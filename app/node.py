@@ -82,6 +82,7 @@ class Node:
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.stats = NodeStats()
+        self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
         self.presence = PresenceTracker(settings.presence_grace, self._announce_left)
         self._signin_tokens: dict[str, str] = {}
         self._live: set[Member] = set()  # every connection until its socket is done
@@ -222,6 +223,7 @@ class Node:
 
     def _channel_gone(self, key: ChannelKey) -> None:
         self._history.pop(key, None)
+        self.channel_messages.pop(key, None)
         _decrement(self._channels_per_app, key[0])
 
     def _announce_left(self, key: ChannelKey, member: PresenceMember,
@@ -319,6 +321,7 @@ class Node:
         if history is not None:
             history.records.append(frames)
         skip = record.sender if record.node == self.id else None
+        self.channel_messages[record.key] += 1
         self.stats.deliveries += self.hub.fan_out(record.key, frames, skip)
 
     async def recover(

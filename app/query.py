@@ -120,13 +120,19 @@ class _Compiler:
         return f"({field} {operator} {self.bind(value)})"
 
 
-def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSearch:
-    """SQL for the items (or groups) page and for the total, over one channel's records."""
+def compile_where(app: str, channel: str, filters: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """The WHERE condition (and its parameters) selecting a channel's records that pass every
+    filter."""
     where = _Compiler()
     clauses = ["app = ?", "channel = ?"]
     where.params.extend([app, channel])
-    clauses += [where.filter(f["field"], f["operator"], f["value"]) for f in query["filters"]]
-    where_sql = " AND ".join(clauses)
+    clauses += [where.filter(f["field"], f["operator"], f["value"]) for f in filters]
+    return " AND ".join(clauses), where.params
+
+
+def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSearch:
+    """SQL for the items (or groups) page and for the total, over one channel's records."""
+    where_sql, where_params = compile_where(app, channel, query["filters"])
     count_sql = f"SELECT COUNT(*) FROM records WHERE {where_sql}"
 
     select = _Compiler()
@@ -136,15 +142,15 @@ def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSea
         kind = "NULL" if group_by in COLUMNS else f"COALESCE({select.type_expr(group_by)}, 'null')"
         sql = (f"SELECT {value} AS v, {kind} AS t, COUNT(*) AS c FROM records "
                f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, v, t LIMIT ? OFFSET ?")
-        params = [*select.params, *where.params, query["limit"], query["offset"]]
-        return CompiledSearch(sql, params, count_sql, list(where.params), True)
+        params = [*select.params, *where_params, query["limit"], query["offset"]]
+        return CompiledSearch(sql, params, count_sql, list(where_params), True)
 
     order = "DESC" if query["sortOrder"] == "desc" else "ASC"
     sort = select.value_expr(query["sortField"])
     sql = (f"SELECT id, client_id, created, data, username, seq FROM records "
            f"WHERE {where_sql} ORDER BY {sort} {order}, seq {order} LIMIT ? OFFSET ?")
-    params = [*where.params, *select.params, query["limit"], query["offset"]]
-    return CompiledSearch(sql, params, count_sql, list(where.params), False)
+    params = [*where_params, *select.params, query["limit"], query["offset"]]
+    return CompiledSearch(sql, params, count_sql, list(where_params), False)
 
 
 def group_value(value: Any, json_type: str | None) -> Any:

@@ -19,11 +19,13 @@ PAGE = 1000
 CSV_COLUMNS = ("seq", "id", "client_id", "created", "username", "data")
 
 
-async def stored_records(store: Store, app: str, channel: str) -> AsyncIterator[Record]:
-    """Every stored record of a channel in seq order, a page at a time (bounded memory)."""
+async def stored_records(store: Store, app: str, channel: str,
+                         filters: list[dict[str, Any]] | None = None) -> AsyncIterator[Record]:
+    """Every stored record of a channel (passing `filters`) in seq order, a page at a time, so
+    memory stays bounded however long the channel is."""
     after = 0
     while True:
-        page = await store.read_range(app, channel, after, PAGE)
+        page = await store.read_range(app, channel, after, PAGE, filters)
         for record in page:
             yield record
         if len(page) < PAGE:

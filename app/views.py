@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from quart import Blueprint, Response, redirect, render_template, request, session, url_for
@@ -59,6 +59,33 @@ async def embed(widget_id: str) -> str:
               "token": sign_token(app.secret, channel, user[:64])},
     )
     return await render_template("embed.html", config=config, title=widget.name)
+
+
+def _signed_in_app() -> str | None:
+    return cast(str | None, session.get("app"))
+
+
+@blueprint.get("/connections")
+async def connections() -> WerkzeugResponse | str:
+    """Live channels and members of the signed-in app."""
+    if _signed_in_app() is None:
+        return redirect(url_for("views.signin_form", next="/connections"))
+    config = _page_config(csrf=csrf_token())
+    return await render_template("connections.html", config=config,
+                                 signed_in=_signed_in_app())
+
+
+@blueprint.get("/history/<channel>")
+async def history(channel: str) -> WerkzeugResponse | str:
+    """A channel's stored records: filters, sort, paging, groupBy chart, export."""
+    if _signed_in_app() is None:
+        return redirect(url_for("views.signin_form", next=f"/history/{channel}"))
+    app = await current_node().store.app_by_name(_signed_in_app() or "")
+    if app is None:
+        return redirect(url_for("views.signin_form", next=f"/history/{channel}"))
+    config = _page_config(csrf=csrf_token(), channel=channel, apiKey=app.key)
+    return await render_template("history.html", config=config, channel=channel,
+                                 signed_in=app.name)
 
 
 @blueprint.get("/signin")

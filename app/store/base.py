@@ -90,8 +90,10 @@ class Store(ABC):
         """The highest stored `seq` of the channel, 0 if none."""
 
     @abstractmethod
-    async def read_range(self, app: str, channel: str, after_seq: int, limit: int) -> list[Record]:
-        """Stored records with `seq > after_seq`, in order, at most `limit`."""
+    async def read_range(self, app: str, channel: str, after_seq: int, limit: int,
+                         filters: list[dict[str, Any]] | None = None) -> list[Record]:
+        """Stored records with `seq > after_seq` that pass the (validated) QUERY `filters`, in
+        seq order, at most `limit`."""
 
     @abstractmethod
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import aiosqlite
 import orjson
 
 from app.errors import NotStored, StoreError
-from app.query import compile_search, group_value
+from app.query import compile_search, compile_where, group_value
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
 
@@ -195,11 +195,13 @@ class SqliteStore(Store):
             row = await cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    async def read_range(self, app: str, channel: str, after_seq: int, limit: int) -> list[Record]:
+    async def read_range(self, app: str, channel: str, after_seq: int, limit: int,
+                         filters: list[dict[str, Any]] | None = None) -> list[Record]:
+        where_sql, params = compile_where(app, channel, filters or [])
         async with self._read_db.execute(
             "SELECT seq, id, client_id, created, username, data, text FROM records "
-            "WHERE app = ? AND channel = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (app, channel, after_seq, limit),
+            f"WHERE {where_sql} AND seq > ? ORDER BY seq LIMIT ?",
+            (*params, after_seq, limit),
         ) as cursor:
             rows = await cursor.fetchall()
         return [
