@@ -3,9 +3,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-# Debian packages the tests drive for real: Chromium for the browser tests, Node.js for the
-# real piesocket-js SDK.
-TEST_PACKAGES := chromium
+# Debian packages the tests drive for real: Chromium for the browser tests, Redis and
+# PostgreSQL for the scale-out seams (Node.js, for the real piesocket-js SDK, is checked below).
+TEST_PACKAGES := chromium redis-server postgresql
 
 .PHONY: run test lint system-deps bench clean
 
