@@ -22,7 +22,7 @@ run: $(VENV)/.run
 	$(BIN)/c8ws serve
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check app tests bench playwright
 	$(BIN)/mypy app
 
 system-deps:

@@ -4,19 +4,37 @@ by Playwright, and a screenshot of every page kept when a test fails."""
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
-from tests.live import Server
+# `pytest playwright/` alone does not put the repository root on the path (this folder is not a
+# package: as one, it would shadow the `playwright` library it imports).
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from pages import ARTIFACTS  # noqa: E402
+
+from tests.live import UNIT, Server  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT_MS = 10_000 * UNIT
+"""How long a wait in the page may take: a multiple of the test timeout unit."""
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-base-url (a pytest-playwright dependency) declares a fixture the way pytest warns of.
+    config.addinivalue_line("filterwarnings", "ignore:Session-scoped fixtures defined as instance"
+                            " methods:pytest.PytestRemovedIn10Warning")
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +48,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = Server(tmp_path_factory.mktemp("browser")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def page(page: Page) -> Page:
+    """pytest-playwright's page, with actions waiting as long as assertions."""
+    page.set_default_timeout(TIMEOUT_MS)
+    return page
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -138,9 +138,9 @@
 
   function channel() { return $("channel").value.trim() || "playground"; }
 
-  function tokenFor(name) {
+  function tokenFor(name, channelName) {
     return api("/broadcasting/auth", { method: "POST",
-                                       body: { channel_name: channel(), username: name } })
+                                       body: { channel_name: channelName, username: name } })
       .then(function (body) { return body.auth; });
   }
 
@@ -167,12 +167,19 @@
 
   function mountFrame(viewer) {
     if (viewer.frame) viewer.frame.remove();
+    viewer.frame = null;
     viewer.card.classList.remove("has-error");
     setStatus(viewer, "loading");
-    return tokenFor(viewer.name).then(function (token) {
-      var config = { url: origin, apiKey: page.apiKey, channel: channel(), token: token,
+    // Only the latest mount may insert a frame: a reload while a token is on its way would
+    // otherwise leave two widgets running in one viewer.
+    var mount = viewer.mount = (viewer.mount || 0) + 1;
+    var channelName = channel();
+    var source = currentSource();
+    return tokenFor(viewer.name, channelName).then(function (token) {
+      if (mount !== viewer.mount) return;
+      var config = { url: origin, apiKey: page.apiKey, channel: channelName, token: token,
                      persistent: $("persistent").checked, notifySelf: true, debug: true };
-      viewer.frame = window.c8wsViewer.createViewerFrame(currentSource(), config, origin);
+      viewer.frame = window.c8wsViewer.createViewerFrame(source, config, origin);
       viewer.frame.dataset.viewer = viewer.name;
       viewer.body.insertBefore(viewer.frame, viewer.body.firstChild);
     });
@@ -210,6 +217,7 @@
     var viewer = { name: name, card: card, body: body, status: status, console: consoleList,
                    details: details, frame: null, connected: true };
     toggle.addEventListener("click", function () {
+      if (!viewer.frame) return; // still loading
       viewer.connected = !viewer.connected;
       viewer.frame.contentWindow.postMessage(
         { c8wsCommand: viewer.connected ? "reconnect" : "disconnect" }, "*");

@@ -26,9 +26,13 @@ ws.onActiveConnectionsChange = function (event) {
   document.getElementById("online").textContent = event.data + " online";
 };
 
-document.getElementById("send").addEventListener("submit", function (event) {
-  event.preventDefault();
+// No <form>: a sandboxed viewer (allow-scripts only) blocks form submission before "submit".
+function send() {
   var input = document.getElementById("text");
   if (input.value.trim()) ws.publish({text: input.value.trim()});
   input.value = "";
+}
+document.getElementById("send-button").addEventListener("click", send);
+document.getElementById("text").addEventListener("keydown", function (event) {
+  if (event.key === "Enter" && !event.isComposing) send();
 });
