@@ -97,12 +97,13 @@ def create_app(
         await node.stop()
         await store.close()
 
-    from app import admin, api, views, ws
+    from app import admin, api, docs, views, ws
 
     app.register_blueprint(ws.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(admin.blueprint)
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(docs.blueprint)
     app.asgi_app = RawSendMiddleware(app.asgi_app)  # type: ignore[method-assign,arg-type,assignment]
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return app

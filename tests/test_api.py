@@ -119,3 +119,14 @@ def test_sign_in_form(server: Server) -> None:
     assert status == 302
     _, page, _ = client.request("GET", "/playground")
     assert "signed in as" in page
+
+
+def test_docs_are_served_from_the_markdown(server: Server) -> None:
+    """/docs renders the README; unknown pages are a JSON 404."""
+    client = Client(server.http)
+    status, page, _ = client.request("GET", "/docs")
+    assert status == 200 and "<h2 id=\"security\">Security</h2>" in page
+    assert "<table>" in page
+    status, body, _ = client.request("GET", "/docs/nope")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert client.request("GET", "/docs/..%2Fapp")[0] == 404
