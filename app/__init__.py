@@ -17,6 +17,7 @@ from app.broker import create_broker
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings, load_settings
 from app.metrics import NodeCollector, StoreMetrics
 from app.node import Node
+from app.replay import Replays
 from app.store import create_store
 from app.store.base import App, Store
 
@@ -79,6 +80,8 @@ def create_app(
     node = Node(settings, store, broker)
     registry.register(NodeCollector(node.stats, node.connection_total, node.channel_total))
     app.extensions["c8ws.metrics"] = registry
+    replays = Replays(node)
+    app.extensions["c8ws.replays"] = replays
     app.extensions["c8ws.node"] = node
     app.extensions["c8ws.settings"] = settings
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True,
@@ -94,6 +97,7 @@ def create_app(
 
     @app.after_serving
     async def close_node() -> None:
+        await replays.stop_all()
         await node.stop()
         await store.close()
 

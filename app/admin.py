@@ -21,7 +21,8 @@ from app.errors import ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
 from app.protocol import data_from_text
 from app.query import validate_query
-from app.schemas import PublishBody
+from app.replay import MAX_RECORDS, Replay, Replays
+from app.schemas import PublishBody, ReplayBody, SeekBody
 from app.transfer import CSV_COLUMNS, csv_row, stored_records
 
 blueprint = Blueprint("admin", __name__)
@@ -170,6 +171,65 @@ async def publish() -> Response:
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
     return json_response({"success": True, "record": record.public()})
+
+
+def current_replays() -> Replays:
+    return cast(Replays, current_app.extensions["c8ws.replays"])
+
+
+async def owned_replay(replay_id: str) -> Replay:
+    app = await app_from_secret()
+    replay = current_replays().get(app.id, replay_id)
+    if replay is None:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no replay {replay_id!r}")
+    return replay
+
+
+@blueprint.post("/api/replays")
+async def start_replay() -> Response:
+    """Replay a stretch of a channel into a scratch channel (paused until `play`)."""
+    app = await app_from_secret()
+    fields = validated(ReplayBody(), await json_body())
+    filters = [{"field": "created", "operator": op, "value": fields[name]}
+               for name, op in (("start", ">="), ("end", "<=")) if fields[name] is not None]
+    records = await current_node().store.read_range(
+        app.id, fields["channel"], 0, MAX_RECORDS + 1, filters)
+    if len(records) > MAX_RECORDS:
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST,
+                        f"more than {MAX_RECORDS} records in that range: narrow it")
+    speed = {"max": None, "step": 0.0}.get(fields["speed"], fields["speed"])
+    replay = await current_replays().start(app.id, fields["channel"], records, speed)
+    return json_response(replay.describe(), 201)
+
+
+@blueprint.get("/api/replays/<replay_id>")
+async def replay_status(replay_id: str) -> Response:
+    return json_response((await owned_replay(replay_id)).describe())
+
+
+@blueprint.post("/api/replays/<replay_id>/<action>")
+async def control_replay(replay_id: str, action: str) -> Response:
+    """play, pause, step, or seek with `{"position": N}`."""
+    replay = await owned_replay(replay_id)
+    replays = current_replays()
+    if action == "play":
+        replays.play(replay)
+    elif action == "pause":
+        replays.pause(replay)
+    elif action == "step":
+        await replays.step(replay)
+    elif action == "seek":
+        await replays.seek(replay, validated(SeekBody(), await json_body())["position"])
+    else:
+        raise HTTPError(404, ErrorCode.NOT_FOUND, f"no replay action {action!r}")
+    return json_response(replay.describe())
+
+
+@blueprint.delete("/api/replays/<replay_id>")
+async def stop_replay(replay_id: str) -> Response:
+    replay = await owned_replay(replay_id)
+    await current_replays().stop(replay)
+    return json_response({"stopped": replay.id})
 
 
 @blueprint.get("/metrics")

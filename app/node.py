@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.broker.base import Broker
@@ -286,16 +286,34 @@ class Node:
         sender: Member | None = None,
     ) -> Record:
         """Stamp a record, commit it first when persistent, then hand it to the broker."""
-        await self._seed(key)
-        seq = await self.broker.next_seq(key)
-        self.stats.published += 1
-        stored = persistent and binary is None
+        seq = await self._next_seq(key)
         record = Record(
             app=key[0], channel=key[1], seq=seq, id=record_id(seq), client_id=client_id,
             created=now_ms(), data=data, username=username, text=text, binary=binary,
-            persistent=stored, node=self.id, sender=None if sender is None else sender.local_id,
+            persistent=persistent and binary is None, node=self.id,
+            sender=None if sender is None else sender.local_id,
         )
-        if stored:
+        await self._dispatch(record)
+        return record
+
+    async def republish(self, key: ChannelKey, original: Record) -> Record:
+        """A recorded record into another channel (a replay): the same id, `created`, client id,
+        username and data, stored there under that channel's next seq."""
+        seq = await self._next_seq(key)
+        record = replace(original, app=key[0], channel=key[1], seq=seq, persistent=True,
+                         node=self.id, sender=None)
+        await self._dispatch(record)
+        return record
+
+    async def _next_seq(self, key: ChannelKey) -> int:
+        await self._seed(key)
+        self.stats.published += 1
+        return await self.broker.next_seq(key)
+
+    async def _dispatch(self, record: Record) -> None:
+        """Commit a persistent record, then publish it; keep the channel's order either way."""
+        key = record.key
+        if record.persistent:
             await self._commit(record)
         else:
             # Keep channel order: wait for an earlier persistent record still committing.
@@ -304,7 +322,6 @@ class Node:
                 with contextlib.suppress(Exception):
                     await earlier
         await self.broker.publish(record)
-        return record
 
     async def _commit(self, record: Record) -> None:
         commit = asyncio.ensure_future(self.store.append_record(record))

@@ -225,3 +225,27 @@ class PublishBody(Schema):
                               validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
     message = fields.Raw(required=True, allow_none=True)
     persistent = fields.Boolean(load_default=False)
+
+
+class ReplayBody(Schema):
+    """POST /api/replays: which stretch of which channel, how fast."""
+
+    class Meta:
+        unknown = RAISE
+
+    channel = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    start = fields.Integer(load_default=None, strict=True)  # created, ms since the epoch
+    end = fields.Integer(load_default=None, strict=True)
+    speed = fields.Raw(load_default=1)
+
+    @validates_schema
+    def check_speed(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["speed"] not in (1, 2, 10, "max", "step"):
+            raise ValidationError("speed is one of 1, 2, 10, \"max\", \"step\"", "speed")
+
+
+class SeekBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    position = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
