@@ -173,7 +173,7 @@
     // Only the latest mount may insert a frame: a reload while a token is on its way would
     // otherwise leave two widgets running in one viewer.
     var mount = viewer.mount = (viewer.mount || 0) + 1;
-    var channelName = channel();
+    var channelName = viewer.channel || channel();
     var source = currentSource();
     return tokenFor(viewer.name, channelName).then(function (token) {
       if (mount !== viewer.mount) return;
@@ -185,10 +185,11 @@
     });
   }
 
-  function addViewer() {
+  function addViewer(fixedChannel) {
     var name = NAMES[state.nextName % NAMES.length] +
                (state.nextName >= NAMES.length ? String(state.nextName) : "");
     state.nextName += 1;
+    if (typeof fixedChannel === "string") name = "replay";
     var card = document.createElement("article");
     card.className = "viewer";
     card.dataset.viewer = name;
@@ -215,7 +216,9 @@
     $("viewers").appendChild(card);
 
     var viewer = { name: name, card: card, body: body, status: status, console: consoleList,
-                   details: details, frame: null, connected: true };
+                   details: details, frame: null, connected: true,
+                   channel: typeof fixedChannel === "string" ? fixedChannel : null };
+    if (viewer.channel) title.textContent = "replay (" + viewer.channel + ")";
     toggle.addEventListener("click", function () {
       if (!viewer.frame) return; // still loading
       viewer.connected = !viewer.connected;
@@ -265,6 +268,69 @@
     }
   });
 
+  // Replay -------------------------------------------------------------------------------------
+
+  var replay = null;
+
+  function replayCall(path, method, body) {
+    return api(path, { method: method, body: body, headers: { "X-CSRF-Token": page.csrf } });
+  }
+
+  function showReplay(described) {
+    var previous = replay;
+    replay = described;
+    $("replay-timeline").max = String(described.total);
+    $("replay-timeline").value = String(described.position);
+    $("replay-position").textContent = described.position + " / " + described.total + " · " +
+                                       described.state;
+    var viewer = state.viewers.find(function (v) { return v.name === "replay"; });
+    if (viewer && previous && previous.channel !== described.channel) {
+      viewer.channel = described.channel;  // a backward seek starts a fresh scratch channel
+      viewer.card.querySelector("strong").textContent = "replay (" + described.channel + ")";
+      mountFrame(viewer);
+    }
+  }
+
+  function millis(input) {
+    return input.value ? new Date(input.value).getTime() : undefined;
+  }
+
+  function startReplay() {
+    var body = { channel: $("replay-channel").value.trim() || channel(),
+                 speed: /^\d+$/.test($("replay-speed").value) ? Number($("replay-speed").value)
+                                                             : $("replay-speed").value };
+    var start = millis($("replay-from"));
+    var end = millis($("replay-to"));
+    if (start !== undefined) body.start = start;
+    if (end !== undefined) body.end = end;
+    return replayCall("/api/replays", "POST", body).then(function (described) {
+      state.viewers.filter(function (v) { return v.name === "replay"; }).forEach(function (v) {
+        v.card.remove();
+        state.viewers.splice(state.viewers.indexOf(v), 1);
+      });
+      replay = described;
+      showReplay(described);
+      $("replay-controls").hidden = false;
+      notice("Replaying " + described.total + " records of " + described.source + " into " +
+             described.channel + ".");
+      return addViewer(described.channel);
+    }).catch(function (error) {
+      notice(error.status === 401 ? "Sign in to replay." : "Replay failed: " + error.message, true);
+    });
+  }
+
+  function controlReplay(action, body) {
+    if (!replay) return Promise.resolve();
+    return replayCall("/api/replays/" + replay.id + "/" + action, "POST", body).then(showReplay);
+  }
+
+  setInterval(function () {
+    if (replay && replay.state !== "done") {
+      api("/api/replays/" + replay.id, { headers: { "X-CSRF-Token": page.csrf } })
+        .then(showReplay).catch(function () { replay = null; });
+    }
+  }, 500);
+
   // Wiring -------------------------------------------------------------------------------------
 
   document.querySelectorAll(".tabs [role=tab]").forEach(function (tab) {
@@ -287,7 +353,14 @@
   $("save").addEventListener("click", save);
   $("share").addEventListener("click", share);
   $("new-widget").addEventListener("click", newWidget);
-  $("add-viewer").addEventListener("click", addViewer);
+  $("add-viewer").addEventListener("click", function () { addViewer(); });
+  $("replay-start").addEventListener("click", startReplay);
+  $("replay-play").addEventListener("click", function () { controlReplay("play"); });
+  $("replay-pause").addEventListener("click", function () { controlReplay("pause"); });
+  $("replay-step").addEventListener("click", function () { controlReplay("step"); });
+  $("replay-timeline").addEventListener("change", function () {
+    controlReplay("seek", { position: Number($("replay-timeline").value) });
+  });
   $("remove-viewer").addEventListener("click", removeViewer);
   var signout = $("signout-csrf");
   if (signout) signout.value = page.csrf;
