@@ -4,8 +4,9 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 
 # Debian packages the tests drive for real: Chromium for the browser tests, Redis and
-# PostgreSQL for the scale-out seams (Node.js, for the real piesocket-js SDK, is checked below).
-TEST_PACKAGES := chromium redis-server postgresql
+# PostgreSQL for the scale-out seams, sqlite3 for the backup examples in docs/ (Node.js, for
+# the real piesocket-js SDK, is checked below).
+TEST_PACKAGES := chromium redis-server postgresql sqlite3
 
 .PHONY: run test lint system-deps bench clean
 

@@ -4,6 +4,7 @@ succeed, HTTP blocks are requests that must get a 2xx."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -39,8 +40,37 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_docs_have_examples() -> None:
-    """The documents carry examples of every kind this test runs."""
-    assert len(blocks("python")) >= 3 and blocks("json") and blocks("http")
+    """The documents carry examples of every kind this test runs, and no other kind but the
+    widget examples, which the browser tests run."""
+    assert len(blocks("python")) >= 3 and blocks("json") and blocks("http") and blocks("sh")
+    kinds = {m.group(1) for path in DOCS.glob("*.md")
+             for m in BLOCK.finditer(path.read_text(encoding="utf-8"))}
+    assert kinds == {"python", "json", "http", "sh", "js", "html"}
+
+
+@pytest.fixture(scope="module")
+def operator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with a little stored data, as an operator's would have."""
+    folder = tmp_path_factory.mktemp("operations")
+    live = Server(folder).start()
+    try:
+        status, _, _ = Client(live.http).request("POST", "/api/publish", {
+            "key": "demo", "secret": live.secret, "channelId": "poll1",
+            "message": {"vote": "yes"}, "persistent": True})
+        assert status == 200
+    finally:
+        live.stop()
+    return folder
+
+
+@pytest.mark.parametrize(("name", "code"), blocks("sh"), ids=lambda v: v[:24])
+def test_shell_examples_run(operator_dir: Path, name: str, code: str) -> None:
+    """Each shell example runs without error in a data directory of its own."""
+    env = {**os.environ, "C8WS_DATA_DIR": str(operator_dir),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=operator_dir, env=env,
+                            capture_output=True, text=True, timeout=60 * UNIT)
+    assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
 
 
 @pytest.mark.parametrize(("name", "code"), blocks("python"), ids=lambda v: v[:24])
