@@ -13,6 +13,8 @@ from playwright.sync_api import FrameLocator, Locator, Page, expect
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 """Screenshots: the ones the tests take, and one of every page when a test fails."""
+README_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+"""Screenshots the README shows, retaken by every browser test run so they stay current."""
 
 # A viewer's widget may take a full reconnect backoff (the shim caps it at 10 s) to come back.
 RECONNECT_TIMEOUT_MS = 15_000

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import jwt
-from pages import fresh
+from pages import README_IMAGES, fresh
 from playwright.sync_api import Page, expect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -58,6 +58,7 @@ def test_connections_view_follows_joins_and_leaves(page: Page, live: Server) -> 
         members = page.locator("tr.members:visible tbody tr")
         expect(members).to_have_count(1)
         expect(members.first).to_contain_text(XSS_NAME)
+        page.screenshot(path=str(README_IMAGES / "connections.png"), full_page=True)
     expect(row).to_have_count(0, timeout=1000 * UNIT)
     assert page.evaluate("window.__xss") is None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from pages import ARTIFACTS, RECONNECT_TIMEOUT_MS, Playground, fresh
+from pages import README_IMAGES, RECONNECT_TIMEOUT_MS, Playground, fresh
 from playwright.sync_api import FrameLocator, Locator, Page, expect
 
 from tests.live import UNIT, Server
@@ -83,8 +83,7 @@ def test_poll_counts_from_three_viewers(page: Page, live: Server) -> None:
             expect(playground.widget(name).locator("#total")).to_have_text("3 votes")
 
     charts_show_the_votes()
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "playground.png"), full_page=True)
+    page.screenshot(path=str(README_IMAGES / "playground.png"), full_page=True)
 
     playground.reload_all()
     charts_show_the_votes()
