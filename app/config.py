@@ -110,7 +110,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "certfile": _existing_file,
     "keyfile": _existing_file,
     "database_url": _url(("sqlite", "postgresql", "postgres")),
-    "broker_url": _url(("memory",)),
+    "broker_url": _url(("memory", "redis", "rediss")),
     "demo_key": _text,
     "demo_secret": _text,
     "max_frame_bytes": _positive_int,

@@ -4,29 +4,66 @@ channel, and where channel-wide facts (positions, connection counts) are kept.
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from app.records import ChannelKey, Record
 
+log = logging.getLogger(__name__)
+
 RecordHandler = Callable[[Record], None]
-"""The node's handler: called once per record per subscribed node, in channel order."""
+"""The node's handler: called at most once per record per subscribed node, in `seq` order."""
+
+REORDER_WINDOW = 0.1
+"""Seconds a record ahead of a missing one is held back before the missing one is given up."""
+
+MAX_HELD = 1000
+"""Records held back per channel at most; past it the missing record is given up at once."""
 
 
 class BrokerError(Exception):
     """The broker's engine is unreachable or refused an operation."""
 
 
+class BrokerState(enum.Enum):
+    """A broker's lifecycle: `start` once, `close` once; nothing restarts."""
+
+    NEW = "new"
+    STARTED = "started"
+    CLOSED = "closed"
+
+    def require(self, expected: BrokerState, action: str) -> None:
+        """Raise `BrokerError` naming both states unless this is `expected`."""
+        if self is not expected:
+            raise BrokerError(
+                f"cannot {action}: the broker is {self.value}, expected {expected.value}")
+
+
 class Broker(ABC):
     """Cross-node fan-out, channel positions and connection counts.
 
     Guarantees every implementation keeps:
-    - Order: records of one channel reach every subscribed node's handler in `seq` order.
+    - Order: records of one channel reach every subscribed node's handler in strictly increasing
+      `seq` order. Publishers may hand records over out of order (two nodes reserve 5 and 6 and
+      publish 6 first; a persistent 5 is still committing): a record ahead of a missing `seq` is
+      held for the broker's reorder window (`REORDER_WINDOW` by default), and the run is
+      delivered as soon as the gap fills. A `seq` still missing after the window (its publish
+      failed, or its node died) is skipped, and dropped if it turns up later: a node can miss a
+      record, but never sees one out of order, so every node sees the same order.
     - Delivery is at most once per node and only to nodes subscribed to the channel; a record
-      published while no node is subscribed is dropped (durability is the Store's job).
+      published while no node is subscribed is dropped (durability is the Store's job). A node
+      receives the records reserved after its `subscribe` returned (`seq` above the `last_seq`
+      it reads then); earlier ones may or may not reach it.
     - `seq` is assigned in one place for the whole cluster, strictly increasing per channel.
+    - Connection counts are cluster-wide; a node that dies without cleaning up stops being
+      counted after a bounded time (the memory broker has one node, so it never needs to).
     - The handler is called from the event loop and must not block.
-    Failures of the engine raise `BrokerError`.
+    Failures of the engine raise `BrokerError`; so do `publish` and `subscribe` before `start` or
+    after `close`, while `unsubscribe` and `remove_connection` after `close` do nothing (`close`
+    already forgot this node's subscriptions and connections).
     """
 
     @abstractmethod
@@ -35,11 +72,17 @@ class Broker(ABC):
 
     @abstractmethod
     async def close(self) -> None:
-        """Disconnect; no handler call happens after this returns."""
+        """Disconnect and forget this node's connections; no handler call happens after this
+        returns. Closing twice is harmless."""
 
     @abstractmethod
     def epoch(self, key: ChannelKey) -> str:
-        """The channel's history generation; it changes when non-stored history was lost."""
+        """The channel's history generation; it changes when non-stored history was lost.
+
+        Synchronous, so it reads what this node learnt: call `raise_seq` (or `next_seq`) for the
+        channel first, as the node's seeding does; before that an implementation that keeps the
+        epoch in its engine raises `BrokerError`.
+        """
 
     @abstractmethod
     async def raise_seq(self, key: ChannelKey, at_least: int) -> None:
@@ -51,28 +94,119 @@ class Broker(ABC):
 
     @abstractmethod
     async def next_seq(self, key: ChannelKey) -> int:
-        """Reserve the channel's next position."""
+        """Reserve the channel's next position: one more than any reserved before, cluster-wide."""
 
     @abstractmethod
     async def publish(self, record: Record) -> None:
-        """Deliver `record` to the handler of every node subscribed to its channel."""
+        """Deliver `record` to the handler of every node subscribed to its channel (in `seq`
+        order, see the class docstring); returns once the engine has accepted it."""
 
     @abstractmethod
     async def subscribe(self, key: ChannelKey) -> None:
-        """Receive this channel's records on this node (the hub calls it for the first member)."""
+        """Receive this channel's records on this node (the hub calls it for the first member).
+        When it returns, every record reserved from then on reaches this node's handler."""
 
     @abstractmethod
     async def unsubscribe(self, key: ChannelKey) -> None:
-        """Stop receiving this channel's records (the hub calls it after the last member)."""
+        """Stop receiving this channel's records (the hub calls it after the last member);
+        records held back for ordering are dropped."""
 
     @abstractmethod
     async def add_connection(self, key: ChannelKey, member_id: str) -> int:
-        """Count a member in the channel cluster-wide; returns the new count."""
+        """Count a member in the channel cluster-wide (once per `member_id`); returns the new
+        count."""
 
     @abstractmethod
     async def remove_connection(self, key: ChannelKey, member_id: str) -> int:
-        """Stop counting a member; returns the new count."""
+        """Stop counting a member this node added (unknown ids are ignored); returns the new
+        count."""
 
     @abstractmethod
     async def count_connections(self, key: ChannelKey) -> int:
-        """The channel's connections across the cluster."""
+        """The channel's connections across the live nodes of the cluster."""
+
+
+class ChannelOrder:
+    """One subscribed channel on one node: hands records to the handler in strictly increasing
+    `seq` order, holding back those that arrive ahead of a missing one (see `Broker`).
+
+    Every broker feeds its records through one of these, so memory and network brokers share the
+    ordering rules. Until `begin` tells it where the channel stands, it only holds.
+    """
+
+    __slots__ = ("_deliver", "_held", "_max_held", "_next", "_ready", "_timer", "_window",
+                 "dropped")
+
+    def __init__(self, deliver: RecordHandler, window: float = REORDER_WINDOW,
+                 max_held: int = MAX_HELD) -> None:
+        self._deliver = deliver
+        self._window = window
+        self._max_held = max_held
+        self._next: int | None = None  # the seq expected next; None: take the lowest that comes
+        self._ready = False
+        self._held: dict[int, Record] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0  # records that turned up after their seq was given up
+
+    def begin(self, last_seq: int) -> None:
+        """Start delivering after `last_seq`, the channel's position when the subscription began;
+        records at or below it that were held meanwhile are dropped."""
+        self._next = last_seq + 1
+        self._ready = True
+        for seq in [seq for seq in self._held if seq <= last_seq]:
+            del self._held[seq]
+        self._drain()
+
+    def resync(self) -> None:
+        """The subscription was re-established (the engine restarted): positions may have been
+        reset, so continue from the lowest record that comes next."""
+        self._give_up_gap()
+        self._next = None
+
+    def push(self, record: Record) -> None:
+        if self._next is not None and record.seq < self._next:
+            self.dropped += 1
+            log.warning("record %s of %s arrived after its seq was given up; dropped",
+                        record.seq, record.key)
+            return
+        self._held[record.seq] = record
+        if self._ready:
+            self._drain()
+
+    def close(self) -> None:
+        """Drop what is held; nothing is delivered any more."""
+        self._ready = False
+        self._held.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drain(self) -> None:
+        held = self._held
+        if held:
+            seq = min(held) if self._next is None else self._next
+            while seq in held:
+                record = held.pop(seq)
+                seq += 1
+                self._next = seq
+                try:
+                    self._deliver(record)
+                except Exception:
+                    log.exception("record handler failed for %s", record.key)
+        if not held:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif len(held) > self._max_held:
+            self._give_up_gap()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._window, self._give_up_gap)
+
+    def _give_up_gap(self) -> None:
+        """The missing seq did not come in time: continue from the lowest record held."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._held and self._ready:
+            self._next = min(self._held)
+            self._drain()

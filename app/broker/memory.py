@@ -1,30 +1,41 @@
 """The embedded broker: one process, no engine. It keeps the network broker's shape (records in,
-handler called per subscribed channel) so tests on it cover the real delivery path.
+ordered per channel, handler called per subscribed channel) so tests on it cover the real
+delivery path.
 """
 
 from __future__ import annotations
 
 import secrets
 
-from app.broker.base import Broker, BrokerError, RecordHandler
+from app.broker.base import REORDER_WINDOW, Broker, BrokerState, ChannelOrder, RecordHandler
 from app.records import ChannelKey, Record
 
 
 class MemoryBroker(Broker):
-    """Positions and counts live in this process; its epoch is new at every start."""
+    """Positions and counts live in this process; its epoch is new at every start. There is one
+    node, so counts never go stale."""
 
-    def __init__(self) -> None:
+    def __init__(self, reorder_window: float = REORDER_WINDOW) -> None:
+        self._state = BrokerState.NEW
         self._handler: RecordHandler | None = None
+        self._window = reorder_window
         self._epoch = secrets.token_hex(6)
         self._seq: dict[ChannelKey, int] = {}
-        self._subscribed: set[ChannelKey] = set()
+        self._orders: dict[ChannelKey, ChannelOrder] = {}  # the subscribed channels
         self._connections: dict[ChannelKey, set[str]] = {}
 
     async def start(self, handler: RecordHandler) -> None:
+        self._state.require(BrokerState.NEW, "start")
         self._handler = handler
+        self._state = BrokerState.STARTED
 
     async def close(self) -> None:
+        self._state = BrokerState.CLOSED
         self._handler = None
+        for order in self._orders.values():
+            order.close()
+        self._orders.clear()
+        self._connections.clear()
 
     def epoch(self, key: ChannelKey) -> str:
         return self._epoch
@@ -42,16 +53,22 @@ class MemoryBroker(Broker):
         return seq
 
     async def publish(self, record: Record) -> None:
-        if self._handler is None:
-            raise BrokerError("broker is not started")
-        if record.key in self._subscribed:
-            self._handler(record)
+        self._state.require(BrokerState.STARTED, "publish")
+        order = self._orders.get(record.key)
+        if order is not None:
+            order.push(record)
 
     async def subscribe(self, key: ChannelKey) -> None:
-        self._subscribed.add(key)
+        self._state.require(BrokerState.STARTED, "subscribe")
+        if key not in self._orders:
+            order = ChannelOrder(self._deliver, self._window)
+            order.begin(self._seq.get(key, 0))
+            self._orders[key] = order
 
     async def unsubscribe(self, key: ChannelKey) -> None:
-        self._subscribed.discard(key)
+        order = self._orders.pop(key, None)
+        if order is not None:
+            order.close()
 
     async def add_connection(self, key: ChannelKey, member_id: str) -> int:
         members = self._connections.setdefault(key, set())
@@ -70,3 +87,7 @@ class MemoryBroker(Broker):
 
     async def count_connections(self, key: ChannelKey) -> int:
         return len(self._connections.get(key, ()))
+
+    def _deliver(self, record: Record) -> None:
+        if self._handler is not None:
+            self._handler(record)
