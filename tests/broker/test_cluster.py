@@ -1,0 +1,84 @@
+"""Two c8ws processes sharing Redis (and one store) behave like one server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.broker.conftest import RedisServer
+from tests.http import Client
+from tests.live import UNIT, Server, connect, recv, recv_json, recv_kind
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer, make_server: Callable[..., Server],
+          tmp_path: Path) -> Iterator[tuple[Server, Server]]:
+    """Nodes A and B on one Redis and one store (SQLite file in WAL mode shared by both)."""
+    env = {"C8WS_BROKER_URL": redis_server.url, "C8WS_DEMO_SECRET": "cluster-secret-0123456789"}
+    shared = tmp_path / "shared"
+    yield make_server(env, data_dir=shared), make_server(env, data_dir=shared)
+
+
+async def status(client: ClientConnection) -> Any:
+    """The channel's count as cmd_status answers it (skipping other frames)."""
+    await client.send("cmd_status")
+    while True:
+        frame = await recv_json(client)
+        if "system" in frame:
+            return frame
+
+
+async def test_dialects_across_nodes_in_order(nodes: tuple[Server, Server]) -> None:
+    """A PieSocket client on A and a c8 client on B exchange messages both ways, in order, and
+    cmd_status on either node counts both."""
+    a, b = nodes
+    async with await connect(a.ws("/v3/xnode?api_key=demo")) as pie, \
+            await connect(b.ws("/c8/xnode?api_key=demo")) as c8:
+        await recv_kind(c8, "welcome")
+        for number in range(20):
+            await pie.send(orjson.dumps({"n": number}).decode())
+        assert [(await recv_kind(c8, "message"))["data"]["n"] for _ in range(20)] == list(
+            range(20))
+        for number in range(20):
+            await c8.send(orjson.dumps({"publish": {"data": {"m": number}}}).decode())
+        assert [orjson.loads(await recv(pie))["m"] for _ in range(20)] == list(range(20))
+        assert await status(pie) == {"system": {"connection_count": 2}}
+        assert await status(c8) == {"system": {"connection_count": 2}}
+
+
+async def test_search_on_b_finds_what_a_stored(nodes: tuple[Server, Server]) -> None:
+    """Persistent messages published through A are found by a search on B."""
+    a, b = nodes
+    async with await connect(a.ws("/v3/xstore?api_key=demo&persistent=1&notify_self=1")) as pie:
+        for number in range(5):
+            await pie.send(orjson.dumps({"vote": "yes" if number % 2 else "no"}).decode())
+            await recv(pie)
+    code, body, _ = Client(b.http).request("POST", "/api/channels/xstore/search",
+                                           {"groupBy": "data.vote"}, headers={"X-Api-Key": "demo"})
+    assert code == 200
+    assert body == {"total": 5, "groups": [{"value": "no", "count": 3},
+                                           {"value": "yes", "count": 2}]}
+
+
+async def test_killed_node_stops_being_counted(nodes: tuple[Server, Server]) -> None:
+    """SIGKILL node A: within the heartbeat TTL, B counts only its own members."""
+    a, b = nodes
+    doomed = [await connect(a.ws("/v3/xkill?api_key=demo")) for _ in range(3)]
+    async with await connect(b.ws("/v3/xkill?api_key=demo")) as survivor:
+        assert await status(survivor) == {"system": {"connection_count": 4}}
+        a.kill()
+        deadline = time.monotonic() + 20 * UNIT
+        while (await status(survivor)) != {"system": {"connection_count": 1}}:
+            assert time.monotonic() < deadline, "node A's members are still counted"
+            await asyncio.sleep(0.2)
+    for client in doomed:
+        await client.close()
