@@ -15,6 +15,7 @@ from quart import Quart
 
 from app.broker import create_broker
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings, load_settings
+from app.errors import StoreError
 from app.metrics import NodeCollector, StoreMetrics
 from app.node import Node
 from app.replay import Replays
@@ -45,7 +46,12 @@ async def ensure_demo_app(store: Store, settings: Settings) -> App:
     app = await store.app_by_name("demo")
     if app is None:
         secret = settings.demo_secret or secrets.token_urlsafe(24)
-        app = await store.create_app("demo", settings.demo_key, secret)
+        try:
+            app = await store.create_app("demo", settings.demo_key, secret)
+        except StoreError:  # another worker made it first
+            app = await store.app_by_name("demo")
+            if app is None:
+                raise
     elif settings.demo_secret and settings.demo_secret != app.secret:
         await store.set_app_secret(app.id, settings.demo_secret)
         app = await store.app_by_name("demo") or app

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.config import MIB, load_settings
+from app.config import MIB, env_name, load_settings
 from app.devcert import write_dev_cert
 from app.errors import ConfigError, StoreError
 from app.limits import OVERRIDABLE, parse_override
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the SQLite file lives (C8WS_DATA_DIR, ./var)")
     serve.add_argument("--certfile", help="TLS certificate, PEM (C8WS_CERTFILE)")
     serve.add_argument("--keyfile", help="TLS private key, PEM (C8WS_KEYFILE)")
+    serve.add_argument("--workers", help="worker processes, >1 needs the redis broker "
+                                         "(C8WS_WORKERS, default 1)")
 
     cert = commands.add_parser("dev-cert", help="make a self-signed TLS pair for local testing")
     cert.add_argument("--out-dir", default=None, help="where to write (default: the data dir)")
@@ -81,7 +84,7 @@ def serve(args: argparse.Namespace) -> None:
 
     from app import create_app
 
-    overrides = _overrides(args, ("host", "port", "data_dir", "certfile", "keyfile"))
+    overrides = _overrides(args, ("host", "port", "data_dir", "certfile", "keyfile", "workers"))
     settings = load_settings(overrides=overrides)
     try:
         sock = socket.create_server((settings.host, settings.port))
@@ -89,7 +92,7 @@ def serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"C8WS_PORT: cannot listen on {settings.host}:{settings.port}: "
                           f"{error.strerror}") from None
     sock.set_inheritable(True)
-    app = create_app({**overrides, "port": sock.getsockname()[1]})
+    overrides["port"] = sock.getsockname()[1]
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
@@ -103,6 +106,10 @@ def serve(args: argparse.Namespace) -> None:
     if settings.certfile and settings.keyfile:
         config.certfile = str(settings.certfile)
         config.keyfile = str(settings.keyfile)
+    if settings.workers > 1:
+        serve_workers(config, settings.workers, overrides)
+        return
+    app = create_app(overrides)
     node: Node = app.extensions["c8ws.node"]
 
     async def shutdown_trigger() -> None:
@@ -114,6 +121,19 @@ def serve(args: argparse.Namespace) -> None:
         await node.drain()
 
     asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
+
+
+def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
+    """Several processes on one socket: each builds the app from the environment (the flags are
+    passed on as C8WS_* variables) and they meet through the redis broker."""
+    from hypercorn.run import run
+
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[env_name(name)] = str(value)
+    config.application_path = "app:create_app()"
+    config.workers = workers
+    sys.exit(run(config))
 
 
 async def _transfer(args: argparse.Namespace) -> None:

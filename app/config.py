@@ -46,6 +46,7 @@ class Settings:
     history_size: int = 1000
     commit_interval_ms: float = 0.0
     shutdown_timeout: float = 3.0
+    workers: int = 1
 
     @property
     def store_url(self) -> str:
@@ -125,6 +126,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "history_size": _positive_int,
     "commit_interval_ms": _positive_float,
     "shutdown_timeout": _positive_float,
+    "workers": _positive_int,
 }
 
 
@@ -160,4 +162,10 @@ def load_settings(
         raise ConfigError("C8WS_CERTFILE and C8WS_KEYFILE must be given together")
     if settings.max_frame_bytes < 1:
         raise ConfigError("C8WS_MAX_FRAME_BYTES must be at least 1")
+    if settings.workers < 1:
+        raise ConfigError("C8WS_WORKERS must be at least 1")
+    if settings.workers > 1 and settings.broker_url.startswith("memory://"):
+        raise ConfigError("C8WS_WORKERS: several workers need a shared broker; set "
+                          "C8WS_BROKER_URL=redis://host:port/0 (the memory broker cannot span "
+                          "processes)")
     return settings

@@ -53,3 +53,10 @@ def test_cli_bad_setting_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "c8ws: error: --port must be a whole number, got 'nope'"]
+
+
+def test_workers_need_a_shared_broker() -> None:
+    """Several workers on the memory broker are refused with a clear reason."""
+    with pytest.raises(ConfigError, match="C8WS_WORKERS: several workers need a shared broker"):
+        load_settings({"C8WS_WORKERS": "2"})
+    assert load_settings({"C8WS_WORKERS": "2", "C8WS_BROKER_URL": "redis://h:1/0"}).workers == 2

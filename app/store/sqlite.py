@@ -66,22 +66,36 @@ class SqliteStore(Store):
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self._path, isolation_level=None)
+        # The timeout first: several workers may open a new file at once.
+        await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._writer.execute("PRAGMA journal_mode=WAL")
         await self._writer.execute("PRAGMA synchronous=NORMAL")
-        await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._migrate(self._writer)
         self._reader = await aiosqlite.connect(self._path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
+        """Apply pending migrations, each in its own transaction. Processes starting together
+        may race for one: the loser's transaction fails and rolls back, and it finds the
+        migration applied."""
+        for number, sql in _migrations():
+            if await self._version(db) >= number:
+                continue
+            log.info("applying migration %04d", number)
+            try:
+                await db.executescript(
+                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+            except aiosqlite.Error:
+                with contextlib.suppress(aiosqlite.Error):
+                    await db.execute("ROLLBACK")
+                if await self._version(db) < number:
+                    raise
+
+    async def _version(self, db: aiosqlite.Connection) -> int:
         async with db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
-        version = row[0] if row else 0
-        for number, sql in _migrations():
-            if number > version:
-                log.info("applying migration %04d", number)
-                await db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+        return int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._committer is not None:

@@ -82,3 +82,18 @@ async def test_killed_node_stops_being_counted(nodes: tuple[Server, Server]) -> 
             await asyncio.sleep(0.2)
     for client in doomed:
         await client.close()
+
+
+async def test_two_workers_serve_one_port(redis_server: RedisServer,
+                                          make_server: Callable[..., Server]) -> None:
+    """`--workers 2` on the redis broker: members spread over both processes meet."""
+    live = make_server({"C8WS_BROKER_URL": redis_server.url, "C8WS_WORKERS": "2"})
+    url = live.ws("/v3/workers?api_key=demo")
+    clients = [await connect(url) for _ in range(8)]
+    try:
+        await clients[0].send("to everyone")
+        assert [await recv(client) for client in clients[1:]] == ["to everyone"] * 7
+        assert await status(clients[0]) == {"system": {"connection_count": 8}}
+    finally:
+        for client in clients:
+            await client.close()
