@@ -3,11 +3,15 @@
 // timestamp embedded in a message and the receive time come from the same clock.
 //
 // Modes:
-//   fanout  N subscribers in one channel, one publisher sending as fast as the server accepts,
-//           with at most WINDOW messages not yet received by a designated subscriber (the last
-//           to join, so the last the server fans out to).
-//   rate    C channels x S subscribers, one publisher per channel, R msgs/s offered in total,
-//           sent in timer-driven batches; reports publish-to-deliver latency.
+//   fanout  C channels (default 1) x N subscribers, one publisher per channel sending as fast as
+//           the server accepts, with at most WINDOW messages per channel not yet received by
+//           that channel's designated subscriber (the last to join, so the last the server fans
+//           out to).
+//   rate    C channels (default 100) x S subscribers, one publisher per channel, R msgs/s offered
+//           in total, sent in timer-driven batches; reports publish-to-deliver latency.
+//
+// --persistent adds `persistent=1` to the publishers' URLs (not the subscribers'), so the server
+// stores every published message before delivering it.
 //
 // Output: exactly one JSON line on stdout. Progress marks go to stderr ("mark:start" when the
 // measured phase begins, "mark:stop" when it ends) so the orchestrator can sample server CPU.
@@ -26,7 +30,7 @@ function parseArgs(argv) {
     url: 'ws://127.0.0.1:8000/v3',
     apiKey: 'demo',
     subscribers: 100,
-    channels: 100,
+    channels: 0, // 0: the mode's default (fanout 1, rate 100)
     rate: 2000,
     duration: 10,
     window: 200,
@@ -36,12 +40,13 @@ function parseArgs(argv) {
     tick: 5,
     connectTimeout: 30,
     deflate: false,
+    persistent: false,
     channelPrefix: `b${process.pid}`,
   };
   for (let i = 2; i < argv.length; i += 1) {
     const arg = argv[i];
-    if (arg === '--deflate') {
-      opts.deflate = true;
+    if (arg === '--deflate' || arg === '--persistent') {
+      opts[arg.slice(2)] = true;
       continue;
     }
     const value = argv[i + 1];
@@ -51,6 +56,7 @@ function parseArgs(argv) {
     if (!(key in opts)) throw new Error(`unknown option ${arg}`);
     opts[key] = typeof opts[key] === 'number' ? Number(value) : value;
   }
+  if (opts.channels <= 0) opts.channels = opts.mode === 'rate' ? 100 : 1;
   return opts;
 }
 
@@ -132,6 +138,11 @@ async function connectAll(urls, opts) {
 
 function channelUrl(opts, channel) {
   return `${opts.url}/${opts.channelPrefix}-${channel}?api_key=${opts.apiKey}`;
+}
+
+// Publishers ask the server to store what they send when --persistent is given.
+function publisherUrl(opts, channel) {
+  return channelUrl(opts, channel) + (opts.persistent ? '&persistent=1' : '');
 }
 
 // One receiving peer: counts deliveries, checks order, feeds the shared latency histogram.
@@ -224,35 +235,42 @@ function cpuPercent(usage, seconds) {
 }
 
 async function runFanout(opts) {
-  const urls = Array.from({ length: opts.subscribers }, () => channelUrl(opts, 0));
+  const channels = Array.from({ length: opts.channels }, (_, c) => c);
+  const urls = channels.flatMap((c) => Array(opts.subscribers).fill(channelUrl(opts, c)));
   const subSockets = await connectAll(urls, opts);
   const stats = newStats();
   const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
   await sleep(opts.settle * 1000);
-  const publisher = await connect(channelUrl(opts, 0), opts);
+  const publishers = await connectAll(channels.map((c) => publisherUrl(opts, c)), opts);
   await sleep(100);
 
-  const designated = subscribers[subscribers.length - 1];
-  let sent = 0;
+  // Per channel: its publisher keeps at most WINDOW messages ahead of its last subscriber.
+  const sent = channels.map(() => 0);
   let running = true;
-  const pump = () => {
-    while (running && publisher.readyState === WebSocket.OPEN
-           && sent - designated.received < opts.window) {
-      sent += 1;
-      publisher.send(makeMessage(0, sent));
-    }
-  };
-  designated.onDelivery = pump;
+  const pumps = channels.map((c) => {
+    const publisher = publishers[c];
+    const designated = subscribers[(c + 1) * opts.subscribers - 1];
+    const pump = () => {
+      while (running && publisher.readyState === WebSocket.OPEN
+             && sent[c] - designated.received < opts.window) {
+        sent[c] += 1;
+        publisher.send(makeMessage(c, sent[c]));
+      }
+    };
+    designated.onDelivery = pump;
+    return pump;
+  });
 
   process.stderr.write('mark:start\n');
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   stats.t0 = t0;
-  pump();
+  for (const pump of pumps) pump();
   await sleep(opts.duration * 1000);
   running = false;
   const sendSeconds = (performance.now() - t0) / 1000;
-  const expected = sent * subscribers.length;
+  const sentTotal = sent.reduce((n, k) => n + k, 0);
+  const expected = sentTotal * opts.subscribers;
   const drained = await waitDrained(stats, expected, opts);
   const cpu = process.cpuUsage(cpu0);
   process.stderr.write('mark:stop\n');
@@ -260,17 +278,19 @@ async function runFanout(opts) {
 
   const result = {
     mode: 'fanout',
+    channels: opts.channels,
     subscribers: subscribers.length,
     window: opts.window,
     deflate: opts.deflate,
-    sent,
+    persistent: opts.persistent,
+    sent: sentTotal,
     send_seconds: sendSeconds,
     expected,
     delivered: stats.delivered,
     lost: expected - stats.delivered,
     drained,
     seconds,
-    messages_per_s: sent / seconds,
+    messages_per_s: sentTotal / seconds,
     deliveries_per_s: stats.delivered / seconds,
     ...latencySummary(stats),
     ...orderSummary(subscribers),
@@ -279,7 +299,7 @@ async function runFanout(opts) {
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
-  closeAll([publisher, ...subSockets]);
+  closeAll([...publishers, ...subSockets]);
   return result;
 }
 
@@ -291,7 +311,7 @@ async function runRate(opts) {
   const subSockets = await connectAll(urls, opts);
   const stats = newStats();
   const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
-  const channelUrls = Array.from({ length: opts.channels }, (_, c) => channelUrl(opts, c));
+  const channelUrls = Array.from({ length: opts.channels }, (_, c) => publisherUrl(opts, c));
   const publishers = await connectAll(channelUrls, opts);
   await sleep(opts.settle * 1000);
 
@@ -333,6 +353,7 @@ async function runRate(opts) {
     subscribers_per_channel: opts.subscribers,
     offered_per_s: opts.rate,
     deflate: opts.deflate,
+    persistent: opts.persistent,
     sent,
     expected,
     delivered: stats.delivered,
