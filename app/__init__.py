@@ -4,8 +4,9 @@ routes; pools and tasks open when serving starts and live on the app object.
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import logging
+import os
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -58,6 +59,21 @@ async def ensure_demo_app(store: Store, settings: Settings) -> App:
     return app
 
 
+def session_key(settings: Settings) -> str:
+    """The key that signs browser sessions: C8WS_SESSION_SECRET, or a random one made once and
+    kept (mode 600) in the data directory. Never derived from an app secret, which is shared."""
+    if settings.session_secret:
+        return settings.session_secret
+    path = settings.data_dir / "session.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # another worker wrote it first
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def banner(settings: Settings, demo: App, signin_token: str) -> str:
     scheme = "https" if settings.certfile else "http"
     ws_scheme = "wss" if settings.certfile else "ws"
@@ -97,7 +113,7 @@ def create_app(
     async def open_node() -> None:
         await store.open()
         demo = await ensure_demo_app(store, settings)
-        app.secret_key = hmac.new(demo.secret.encode(), b"c8ws session", "sha256").hexdigest()
+        app.secret_key = session_key(settings)
         await node.start()
         print(banner(settings, demo, node.new_signin_token(demo.name)), flush=True)
 

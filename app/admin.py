@@ -4,6 +4,7 @@ export, PieSocket's REST publish, and the Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import hmac
 import io
@@ -74,7 +75,7 @@ async def events() -> Response:
 
     async def stream() -> AsyncIterator[bytes]:
         sent: dict[str, tuple[int, int]] = {}
-        while True:
+        while not node.draining.is_set():
             now: dict[str, tuple[int, int]] = {}
             for key in node.hub.channels():
                 if key[0] == app.id:
@@ -85,7 +86,8 @@ async def events() -> Response:
             sent = now
             body = {"time": time.time(), "changed": changed, "gone": gone}
             yield b"data: " + orjson.dumps(body) + b"\n\n"
-            await asyncio.sleep(EVENTS_TICK)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(node.draining.wait(), EVENTS_TICK)
 
     response = Response(stream(), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

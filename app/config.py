@@ -34,6 +34,7 @@ class Settings:
     broker_url: str = "memory://"
     demo_key: str = "demo"
     demo_secret: str | None = None
+    session_secret: str | None = None  # default: a random key kept in <data_dir>/session.key
     max_frame_bytes: int = 64 * KIB
     max_queue_bytes: int = 4 * MIB
     msg_rate: float = 200.0
@@ -114,6 +115,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "broker_url": _url(("memory", "redis", "rediss")),
     "demo_key": _text,
     "demo_secret": _text,
+    "session_secret": _text,
     "max_frame_bytes": _positive_int,
     "max_queue_bytes": _positive_int,
     "msg_rate": _positive_float,

@@ -85,6 +85,7 @@ class Node:
         self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
         self.presence = PresenceTracker(settings.presence_grace, self._announce_left)
         self._signin_tokens: dict[str, str] = {}
+        self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
         self._committing: dict[ChannelKey, asyncio.Task[None]] = {}  # last persistent append
@@ -95,6 +96,7 @@ class Node:
 
     async def drain(self) -> None:
         """Close every member with 1001 and wait (bounded) until they are gone."""
+        self.draining.set()
         for member in list(self._live):
             member.close(CloseCode.GOING_AWAY, "server shutting down")
         loop = asyncio.get_running_loop()

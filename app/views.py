@@ -10,16 +10,18 @@ from quart import Blueprint, Response, redirect, render_template, request, sessi
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from app.access import HTTPError, app_by_secret, csrf_token, current_node, sign_in
-from app.auth import sign_token
+from app.auth import PRIVATE_PREFIX, sign_token
 from app.errors import ErrorCode
+from app.schemas import CHANNEL_PATTERN
 from app.widgets import find_widget
 
 blueprint = Blueprint("views", __name__)
 
 
 def _page_config(**extra: Any) -> str:
-    """JSON for a page's inline config, safe inside <script> (no `</` can close the tag)."""
-    return orjson.dumps(extra).decode().replace("</", "<\\/")
+    """JSON for a page's inline config, safe inside <script>: no `<` at all, so neither `</`
+    nor `<!--` can change how the page is parsed."""
+    return orjson.dumps(extra).decode().replace("<", "\\u003c")
 
 
 @blueprint.get("/")
@@ -52,13 +54,25 @@ async def embed(widget_id: str) -> str:
         raise HTTPError(404, ErrorCode.NOT_FOUND, f"no widget {widget_id!r}")
     widget, _ = found
     channel = request.args.get("channel", widget_id)
-    user = request.args.get("user") or f"guest-{secrets.token_hex(2)}"
-    config = _page_config(
-        widget={"html": widget.html, "css": widget.css, "js": widget.js},
-        c8ws={"apiKey": app.key, "channel": channel, "persistent": True, "notifySelf": True,
-              "token": sign_token(app.secret, channel, user[:64])},
-    )
+    if not CHANNEL_PATTERN.fullmatch(channel):
+        raise HTTPError(400, ErrorCode.INVALID_REQUEST, "invalid channel id")
+    c8ws: dict[str, Any] = {"apiKey": app.key, "channel": channel, "persistent": True,
+                            "notifySelf": True}
+    # Only the demo app lends names to embeds, and never for private channels: any other app's
+    # widgets get their users' tokens from the embedding page (C8WS.token), signed by its owner.
+    if app.name == "demo" and not channel.startswith(PRIVATE_PREFIX):
+        user = request.args.get("user") or f"guest-{secrets.token_hex(2)}"
+        c8ws["token"] = sign_token(app.secret, channel, user[:64])
+    config = _page_config(widget={"html": widget.html, "css": widget.css, "js": widget.js},
+                          c8ws=c8ws)
     return await render_template("embed.html", config=config, title=widget.name)
+
+
+def _local_path(target: str | None) -> str | None:
+    """`next` only ever leads to a page of this server (no open redirect)."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return None
 
 
 def _signed_in_app() -> str | None:
@@ -115,7 +129,7 @@ async def signin() -> WerkzeugResponse | tuple[str, int]:
         return await render_template("signin.html", error="That secret is not right.",
                                      csrf=csrf_token()), 401
     sign_in(app)
-    return redirect(request.args.get("next") or url_for("views.playground"))
+    return redirect(_local_path(request.args.get("next")) or url_for("views.playground"))
 
 
 @blueprint.post("/signout")

@@ -188,8 +188,8 @@ async def read_loop(node: Node, member: Member) -> None:
     limit = member.limits.max_frame_bytes
     bucket = member.bucket
     while member.state is MemberState.OPEN:
-        # Quart hands an empty binary frame over as None.
-        frame: Frame = await websocket.receive() or b""
+        received = await websocket.receive()
+        frame: Frame = b"" if received is None else received  # Quart: empty binary is None
         member.messages_in += 1
         node.stats.messages_in += 1
         if len(frame) > limit // 4 and _size(frame) > limit:

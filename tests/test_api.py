@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import subprocess
+import sys
 
 import jwt
 import pytest
@@ -130,3 +134,53 @@ def test_docs_are_served_from_the_markdown(server: Server) -> None:
     status, body, _ = client.request("GET", "/docs/nope")
     assert status == 404 and body["error"]["code"] == "not_found"
     assert client.request("GET", "/docs/..%2Fapp")[0] == 404
+
+
+def test_sign_in_never_redirects_off_site(server: Server) -> None:
+    """`next` may only name a page of this server."""
+    for target, expected in [("https://evil.example/", "/playground"),
+                             ("//evil.example/", "/playground"), ("/connections", "/connections")]:
+        client = Client(server.http)
+        _, page, _ = client.request("GET", "/signin")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert csrf is not None
+        status, _, headers = client.request(
+            "POST", f"/signin?next={target}",
+            form={"csrf_token": csrf.group(1), "secret": server.secret})
+        assert status == 302 and headers["Location"].endswith(expected)
+        assert "evil" not in headers["Location"]
+
+
+def test_embed_tokens_only_for_the_demo_app(server: Server) -> None:
+    """/embed lends a signed name for the demo app's public channels only."""
+    client = Client(server.http)
+    _, page, _ = client.request("GET", "/embed/chat?channel=room&user=zed")
+    assert '"token"' in page
+    _, page, _ = client.request("GET", "/embed/chat?channel=private-room&user=admin")
+    assert '"token"' not in page
+    assert client.request("GET", "/embed/chat?channel=a%2Fb")[0] == 400
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "embedder", "--key",
+         "embedder-key", "--data-dir", str(server.data_dir)], capture_output=True, check=True)
+    assert created.returncode == 0
+    _, page, _ = client.request("GET", "/embed/chat?api_key=embedder-key&channel=room&user=x")
+    assert '"token"' not in page and "embedder-key" in page
+
+
+def test_session_cookie_is_not_signed_with_the_demo_secret(server: Server) -> None:
+    """Knowing the (shared) demo secret does not let anyone forge a session."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    def cookie(key: str) -> str:
+        return URLSafeTimedSerializer(
+            key, salt="cookie-session",
+            signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha1},
+        ).dumps({"app": "demo", "csrf": "x"})
+
+    demo_derived = hmac.new(server.secret.encode(), b"c8ws session", "sha256").hexdigest()
+    real = (server.data_dir / "session.key").read_text().strip()
+    client = Client(server.http)
+    for key, status in ((demo_derived, 401), (real, 200)):  # the real key proves the recipe
+        answer = client.request("GET", "/api/channels",
+                                headers={"Cookie": f"session={cookie(key)}"})
+        assert answer[0] == status
