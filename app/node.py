@@ -132,8 +132,10 @@ class Node:
     def limits(self, app: App) -> Limits:
         return limits_for(self.settings, app.settings)
 
-    def check_capacity(self, member: Member, limits: Limits) -> None:
-        """Refuse (4029) a member past its app's connection, per-IP or channel limits."""
+    def admit(self, member: Member, limits: Limits) -> None:
+        """Count a new connection, or refuse it (4029) past its app's connection, per-IP or
+        channel limits. Counting happens here, before any await, so connections arriving
+        together cannot all slip under a limit; `leave` uncounts."""
         app = member.key[0]
         if self._per_app[app] >= limits.max_connections_per_app:
             raise Refusal(CloseCode.RATE_LIMITED, "Too many connections for this app.")
@@ -142,6 +144,10 @@ class Node:
         if (not self.hub.members(member.key)
                 and self._channels_per_app[app] >= limits.max_channels_per_app):
             raise Refusal(CloseCode.RATE_LIMITED, "Too many channels for this app.")
+        self._live.add(member)
+        self._per_app[app] += 1
+        if member.remote:
+            self._per_ip[member.remote] += 1
 
     def new_signin_token(self, app_name: str) -> str:
         """A one-time token that signs a browser in as `app_name` (printed at start-up)."""
@@ -193,10 +199,6 @@ class Node:
         if joined is not None:
             frame = Outgoing(member_event_frame("member_joined", joined, self.presence.roster(key)))
             self.hub.send_to(key, frame, lambda m: m is not member and _wants_presence(m))
-        self._live.add(member)
-        self._per_app[key[0]] += 1
-        if member.remote:
-            self._per_ip[member.remote] += 1
         self._dirty_counts.add(key)
         return count
 

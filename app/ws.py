@@ -107,7 +107,7 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
         limits=limits,
         bucket=TokenBucket(limits.msg_rate, limits.msg_burst),
     )
-    node.check_capacity(member, limits)
+    node.admit(member, limits)
     return member, params
 
 
@@ -124,10 +124,14 @@ async def serve(dialect: Dialect, channel: str) -> None:
     node = current_node()
     try:
         member, params = await admit(node, dialect, channel)
-        connections = await node.join(member)
     except Refusal as refusal:
         await refuse(refusal)
         return
+    try:
+        connections = await node.join(member)
+    except BaseException:
+        await node.leave(member)  # uncount it; a broker failure is not the client's fault
+        raise
     writer: asyncio.Task[None] | None = None
     try:
         await queue_first_frames(node, member, connections, params["since"], params["epoch"])

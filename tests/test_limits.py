@@ -116,3 +116,17 @@ async def test_frame_size_per_app(server: Server) -> None:
         code, _ = await closed_with(a)
         assert code == 4009
     await asyncio.sleep(0)
+
+
+async def test_connections_arriving_together_cannot_pass_the_limit(server: Server) -> None:
+    """50 simultaneous connections to new channels against a per-IP limit of 5: 5 get in."""
+    key = new_app(server, max_connections_per_ip="5")
+    clients = await asyncio.gather(*(connect(server.ws(f"/v3/burst{i}?api_key={key}"))
+                                     for i in range(50)))
+    try:
+        outcomes = await asyncio.gather(*(closed_with(client, 1) for client in clients),
+                                        return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, tuple) and o[0] == 4029]
+        assert len(refused) == 45
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
