@@ -1,12 +1,15 @@
-"""Compile a validated search QUERY into parameterised SQL.
+"""Compile a validated search QUERY into parameterised SQL, for SQLite or PostgreSQL.
 
-Field paths were checked against the pattern by the schema, and even so reach SQL only as bound
-parameters (`json_extract(data, ?)`). Comparisons are type-aware: a number matches numbers, a
-string strings, `true` only JSON `true`, so `1` and `true` never meet.
+One compiler decides what each operator means; a `Dialect` only spells it. Field paths were
+checked against the pattern by the schema, and even so reach SQL only as bound parameters
+(`json_extract(data, ?1)`, `data -> $3::text`). Comparisons are type-aware: a number matches
+numbers, a string strings, `true` only JSON `true`, so `1` and `true` never meet.
 """
 
 from __future__ import annotations
 
+import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,10 @@ from app.schemas import QuerySchema, first_error
 COLUMNS = {"id": "text", "seq": "number", "created": "number", "client_id": "text",
            "username": "text"}
 NUMBER_TYPES = "('integer','real')"
+ENCODED = "json"
+"""The group type meaning "the value is JSON text": PostgreSQL groups by the value's JSON text."""
+
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -43,55 +50,60 @@ def validate_query(raw: Any) -> dict[str, Any]:
     return query
 
 
-def _json_path(field: str) -> str:
-    return "$" + field[4:] if field.startswith("data") else ""
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits, which orjson refuses
+        return json.dumps(value)
+
+
+def _sqlite_number(value: Any) -> Any:
+    """SQLite binds at most 64-bit integers; a bigger one compares the same as a float."""
+    return float(value) if isinstance(value, int) and value not in _INT64 else value
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    """Collects bound parameters; placeholders are numbered, so text order does not matter."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
         self.params: list[Any] = []
+        self._once: dict[str, str] = {}
 
     def bind(self, value: Any) -> str:
         self.params.append(value)
-        return "?"
+        return self.dialect.placeholder(len(self.params))
 
-    def value_expr(self, field: str) -> str:
-        if field in COLUMNS:
-            return field
-        return f"json_extract(data, {self.bind(_json_path(field))})"
+    def bind_once(self, value: str) -> str:
+        """One parameter however often the statement names it (a path or path segment)."""
+        if value not in self._once:
+            self._once[value] = self.bind(value)
+        return self._once[value]
 
-    def type_expr(self, field: str) -> str:
-        return f"json_type(data, {self.bind(_json_path(field))})"
+    def where(self, app: str, channel: str, filters: list[dict[str, Any]]) -> str:
+        clauses = [f"app = {self.bind(app)}", f"channel = {self.bind(channel)}"]
+        clauses += [self.filter(f["field"], f["operator"], f["value"]) for f in filters]
+        return " AND ".join(clauses)
 
     def filter(self, field: str, operator: str, value: Any) -> str:
         if field in COLUMNS:
             return self.column_filter(field, operator, value)
+        d = self.dialect
         if operator == "exists":
-            return f"{self.type_expr(field)} IS {'NOT ' if value else ''}NULL"
-        if operator == "!=":
-            return f"NOT COALESCE({self.json_equals(field, value)}, 0)"
+            return d.json_exists(self, field, value)
         if operator == "=":
-            return self.json_equals(field, value)
+            return d.json_match(self, field, value)
+        if operator == "!=":
+            return f"NOT COALESCE({d.json_equals(self, field, value)}, {d.false})"
         if operator in ("in", "nin"):
-            matches = " OR ".join(self.json_equals(field, item) for item in value) or "0"
-            return f"({matches})" if operator == "in" else f"NOT COALESCE(({matches}), 0)"
+            matches = d.json_in(self, field, value)
+            return matches if operator == "in" else f"NOT COALESCE({matches}, {d.false})"
         if operator == "contains":
-            return (f"({self.type_expr(field)} = 'text' AND "
-                    f"instr({self.value_expr(field)}, {self.bind(value)}) > 0)")
-        kind = f"IN {NUMBER_TYPES}" if not isinstance(value, str) else "= 'text'"
-        return (f"({self.type_expr(field)} {kind} AND "
-                f"{self.value_expr(field)} {operator} {self.bind(value)})")
-
-    def json_equals(self, field: str, value: Any) -> str:
-        if value is None:
-            return f"({self.type_expr(field)} = 'null')"
-        if isinstance(value, bool):
-            return f"({self.type_expr(field)} = '{'true' if value else 'false'}')"
-        kind = "= 'text'" if isinstance(value, str) else f"IN {NUMBER_TYPES}"
-        return (f"({self.type_expr(field)} {kind} AND "
-                f"{self.value_expr(field)} = {self.bind(value)})")
+            return d.json_contains(self, field, value)
+        return d.json_compare(self, field, operator, value)
 
     def column_filter(self, field: str, operator: str, value: Any) -> str:
+        d = self.dialect
         kind = COLUMNS[field]
         if operator == "exists":
             return f"({field} IS {'NOT ' if value else ''}NULL)"
@@ -103,58 +115,281 @@ class _Compiler:
                 wanted = "a number" if kind == "number" else "a string"
                 raise QueryError(f"filters: {field} compares with {wanted}, got {item!r}")
         if operator == "contains":
-            return f"(instr({field}, {self.bind(value)}) > 0)"
+            return d.text_contains(field, self.bind(value))
         if operator in ("in", "nin"):
             present = [item for item in value if item is not None]
             parts = []
             if present:
-                parts.append(f"{field} IN ({', '.join(self.bind(item) for item in present)})")
+                bound = ", ".join(self.bind_column(kind, item) for item in present)
+                parts.append(f"{field} IN ({bound})")
             if len(present) < len(value):
                 parts.append(f"{field} IS NULL")
-            matches = " OR ".join(parts) or "0"
-            return f"({matches})" if operator == "in" else f"NOT COALESCE(({matches}), 0)"
+            matches = " OR ".join(parts) or d.false
+            return f"({matches})" if operator == "in" else f"NOT COALESCE(({matches}), {d.false})"
         if value is None:
             return f"({field} IS {'NOT ' if operator == '!=' else ''}NULL)"
         if operator == "!=":
-            return f"({field} IS NOT {self.bind(value)})"
-        return f"({field} {operator} {self.bind(value)})"
+            return f"({field} {d.distinct_from} {self.bind_column(kind, value)})"
+        if operator == "=":
+            return f"({field} = {self.bind_column(kind, value)})"
+        return f"({d.sortable(field, kind)} {operator} {self.bind_column(kind, value)})"
+
+    def bind_column(self, kind: str, value: Any) -> str:
+        return self.dialect.bind_number(self, value) if kind == "number" else self.bind(value)
 
 
-def compile_where(app: str, channel: str, filters: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-    """The WHERE condition (and its parameters) selecting a channel's records that pass every
-    filter."""
-    where = _Compiler()
-    clauses = ["app = ?", "channel = ?"]
-    where.params.extend([app, channel])
-    clauses += [where.filter(f["field"], f["operator"], f["value"]) for f in filters]
-    return " AND ".join(clauses), where.params
+class Dialect(ABC):
+    """How one engine spells placeholders and JSON access; the compiler decides the meaning.
+
+    Every JSON condition is true when the record matches, and false or NULL when it does not
+    (a missing path may give NULL: the compiler wraps negations in COALESCE).
+    """
+
+    false = "0"
+    distinct_from = "IS NOT"
+
+    @abstractmethod
+    def placeholder(self, number: int) -> str:
+        """The text naming bound parameter `number` (counted from 1)."""
+
+    def bind_number(self, c: _Compiler, value: int | float) -> str:
+        return c.bind(value)
+
+    @abstractmethod
+    def text_contains(self, column: str, needle: str) -> str: ...
+
+    def sortable(self, column: str, kind: str) -> str:
+        """A column as compared by `<` and sorted: bytewise for text, like SQLite's BINARY."""
+        return column
+
+    @abstractmethod
+    def json_exists(self, c: _Compiler, field: str, present: bool) -> str: ...
+
+    @abstractmethod
+    def json_equals(self, c: _Compiler, field: str, value: Any) -> str: ...
+
+    def json_match(self, c: _Compiler, field: str, value: Any) -> str:
+        """`=` at the top of the WHERE, where an index may help; the same result as equals."""
+        return self.json_equals(c, field, value)
+
+    @abstractmethod
+    def json_in(self, c: _Compiler, field: str, values: list[Any]) -> str: ...
+
+    @abstractmethod
+    def json_contains(self, c: _Compiler, field: str, needle: str) -> str: ...
+
+    @abstractmethod
+    def json_compare(self, c: _Compiler, field: str, operator: str, value: Any) -> str:
+        """`<`, `<=`, `>`, `>=` against a number (numbers only) or a string (strings only)."""
+
+    @abstractmethod
+    def order_terms(self, c: _Compiler, field: str, order: str) -> list[str]:
+        """ORDER BY terms sorting like SQLite: null/missing, then numbers and booleans (as 1/0),
+        then strings and JSON text."""
+
+    @abstractmethod
+    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
+        """SELECT of (v, t, c) rows, ordered by count descending then value, without LIMIT."""
 
 
-def compile_search(app: str, channel: str, query: dict[str, Any]) -> CompiledSearch:
+class SqliteDialect(Dialect):
+    """SQLite 3.38+: `?N` placeholders, `json_extract` / `json_type` with a `$.a.b` path."""
+
+    def placeholder(self, number: int) -> str:
+        return f"?{number}"
+
+    def bind_number(self, c: _Compiler, value: int | float) -> str:
+        return c.bind(_sqlite_number(value))
+
+    def text_contains(self, column: str, needle: str) -> str:
+        return f"(instr({column}, {needle}) > 0)"
+
+    def _value(self, c: _Compiler, field: str) -> str:
+        if field in COLUMNS:
+            return field
+        return f"json_extract(data, {c.bind_once('$' + field[4:])})"
+
+    def _type(self, c: _Compiler, field: str) -> str:
+        return f"json_type(data, {c.bind_once('$' + field[4:])})"
+
+    def json_exists(self, c: _Compiler, field: str, present: bool) -> str:
+        return f"{self._type(c, field)} IS {'NOT ' if present else ''}NULL"
+
+    def json_equals(self, c: _Compiler, field: str, value: Any) -> str:
+        if value is None:
+            return f"({self._type(c, field)} = 'null')"
+        if isinstance(value, bool):
+            return f"({self._type(c, field)} = '{'true' if value else 'false'}')"
+        kind = "= 'text'" if isinstance(value, str) else f"IN {NUMBER_TYPES}"
+        return (f"({self._type(c, field)} {kind} AND "
+                f"{self._value(c, field)} = {c.bind(_sqlite_number(value))})")
+
+    def json_in(self, c: _Compiler, field: str, values: list[Any]) -> str:
+        return f"({' OR '.join(self.json_equals(c, field, item) for item in values) or '0'})"
+
+    def json_contains(self, c: _Compiler, field: str, needle: str) -> str:
+        return (f"({self._type(c, field)} = 'text' AND "
+                f"instr({self._value(c, field)}, {c.bind(needle)}) > 0)")
+
+    def json_compare(self, c: _Compiler, field: str, operator: str, value: Any) -> str:
+        kind = f"IN {NUMBER_TYPES}" if not isinstance(value, str) else "= 'text'"
+        return (f"({self._type(c, field)} {kind} AND "
+                f"{self._value(c, field)} {operator} {c.bind(_sqlite_number(value))})")
+
+    def order_terms(self, c: _Compiler, field: str, order: str) -> list[str]:
+        return [f"{self._value(c, field)} {order}"]
+
+    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
+        kind = "NULL" if field in COLUMNS else f"COALESCE({self._type(c, field)}, 'null')"
+        return (f"SELECT {self._value(c, field)} AS v, {kind} AS t, COUNT(*) AS c FROM records "
+                f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, v, t")
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL 13+ over a JSONB `data` column: `$N` placeholders, `->` with text keys.
+
+    A path walks object keys only (`data -> $3::text -> $4::text`), as SQLite's `$.a.b` does:
+    `data.0` is the key "0", never an array index. Text compares and sorts with `COLLATE "C"`
+    (bytewise, like SQLite's BINARY); SQLite's cross-type order is rebuilt from `jsonb_typeof`,
+    with objects and arrays as compact JSON text (`c8ws_json_text`, from the migrations).
+    """
+
+    false = "FALSE"
+    distinct_from = "IS DISTINCT FROM"
+
+    def placeholder(self, number: int) -> str:
+        return f"${number}"
+
+    def bind_number(self, c: _Compiler, value: int | float) -> str:
+        # A bigint parameter keeps the (app, channel, created, seq) index usable; anything else
+        # compares exactly as numeric instead of failing to encode.
+        if isinstance(value, int) and value in _INT64:
+            return c.bind(value)
+        return f"{c.bind(value)}::numeric"
+
+    def text_contains(self, column: str, needle: str) -> str:
+        return f"(strpos({column}, {needle}::text) > 0)"
+
+    def sortable(self, column: str, kind: str) -> str:
+        return f'{column} COLLATE "C"' if kind == "text" else column
+
+    def _json(self, c: _Compiler, field: str) -> str:
+        segments = field.split(".")[1:]
+        if not segments:
+            return "data"
+        return "(data" + "".join(f" -> {c.bind_once(s)}::text" for s in segments) + ")"
+
+    def json_exists(self, c: _Compiler, field: str, present: bool) -> str:
+        return f"({self._json(c, field)} IS {'NOT ' if present else ''}NULL)"
+
+    def json_equals(self, c: _Compiler, field: str, value: Any) -> str:
+        # jsonb equality is type-aware already: 1 = 1.0, but 1 != "1" and 1 != true.
+        return f"({self._json(c, field)} = {c.bind(_json(value))}::jsonb)"
+
+    def json_match(self, c: _Compiler, field: str, value: Any) -> str:
+        if field == "data":
+            return self.json_equals(c, field, value)
+        # Containment lets the GIN (jsonb_path_ops) index find candidates; the equality after it
+        # keeps the exact meaning (containment alone would also accept arrays holding the value).
+        nested = value
+        for segment in reversed(field.split(".")[1:]):
+            nested = {segment: nested}
+        return f"(data @> {c.bind(_json(nested))}::jsonb AND {self.json_equals(c, field, value)})"
+
+    def json_in(self, c: _Compiler, field: str, values: list[Any]) -> str:
+        encoded = [_json(item) for item in values]
+        return f"({self._json(c, field)} = ANY({c.bind(encoded)}::jsonb[]))"
+
+    def json_contains(self, c: _Compiler, field: str, needle: str) -> str:
+        x = self._json(c, field)
+        return (f"(jsonb_typeof({x}) = 'string' AND "
+                f"strpos({x} #>> '{{}}', {c.bind(needle)}::text) > 0)")
+
+    def json_compare(self, c: _Compiler, field: str, operator: str, value: Any) -> str:
+        x = self._json(c, field)
+        if isinstance(value, str):
+            return (f"(jsonb_typeof({x}) = 'string' AND "
+                    f"({x} #>> '{{}}') COLLATE \"C\" {operator} {c.bind(value)}::text)")
+        return f"(jsonb_typeof({x}) = 'number' AND {x} {operator} {c.bind(_json(value))}::jsonb)"
+
+    @staticmethod
+    def _sort_keys(x: str) -> list[str]:
+        """SQLite's order of json_extract values: NULL, numbers (true 1, false 0), text."""
+        return [
+            f"(CASE WHEN jsonb_typeof({x}) IN ('number', 'boolean') THEN 1 "
+            f"WHEN jsonb_typeof({x}) IN ('string', 'object', 'array') THEN 2 ELSE 0 END)",
+            f"(CASE jsonb_typeof({x}) WHEN 'number' THEN ({x})::numeric "
+            f"WHEN 'boolean' THEN CASE WHEN ({x})::boolean THEN 1 ELSE 0 END END)",
+            f"(CASE jsonb_typeof({x}) WHEN 'string' THEN {x} #>> '{{}}' "
+            f"WHEN 'object' THEN c8ws_json_text({x}) WHEN 'array' THEN c8ws_json_text({x}) END) "
+            f'COLLATE "C"',
+        ]
+
+    def order_terms(self, c: _Compiler, field: str, order: str) -> list[str]:
+        if field in COLUMNS:
+            nulls = " NULLS FIRST" if order == "ASC" else " NULLS LAST"
+            return [f"{self.sortable(field, COLUMNS[field])} {order}"
+                    + (nulls if COLUMNS[field] == "text" else "")]
+        return [f"{key} {order}" for key in self._sort_keys(self._json(c, field))]
+
+    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
+        if field in COLUMNS:
+            return (f"SELECT {field} AS v, NULL::text AS t, COUNT(*) AS c FROM records "
+                    f"WHERE {where_sql} GROUP BY {field} "
+                    f"ORDER BY c DESC, {self.sortable(field, COLUMNS[field])} NULLS FIRST")
+        # Group by the value's JSON text: 1 and 1.0 stay apart (as SQLite's integer and real do),
+        # a missing path joins null, and the text parses back to the value with its type.
+        value = f"COALESCE({self._json(c, field)}, 'null'::jsonb)::text"
+        x = "(g::jsonb)"
+        sqlite_type = (
+            f"(CASE jsonb_typeof({x}) WHEN 'number' THEN "
+            f"CASE WHEN g ~ '[.eE]' THEN 'real' ELSE 'integer' END "
+            f"WHEN 'string' THEN 'text' WHEN 'boolean' THEN g ELSE jsonb_typeof({x}) END) "
+            f'COLLATE "C"'
+        )
+        keys = ", ".join([*self._sort_keys(x), sqlite_type, 'g COLLATE "C"'])
+        return (f"SELECT g AS v, '{ENCODED}' AS t, c FROM (SELECT {value} AS g, COUNT(*) AS c "
+                f"FROM records WHERE {where_sql} GROUP BY 1) AS grouped ORDER BY c DESC, {keys}")
+
+
+SQLITE: Dialect = SqliteDialect()
+POSTGRES: Dialect = PostgresDialect()
+
+
+def compile_where(app: str, channel: str, filters: list[dict[str, Any]],
+                  dialect: Dialect = SQLITE) -> tuple[str, list[Any]]:
+    """The WHERE condition (and its parameters, numbered from 1) selecting a channel's records
+    that pass every filter."""
+    where = _Compiler(dialect)
+    return where.where(app, channel, filters), where.params
+
+
+def compile_search(app: str, channel: str, query: dict[str, Any],
+                   dialect: Dialect = SQLITE) -> CompiledSearch:
     """SQL for the items (or groups) page and for the total, over one channel's records."""
-    where_sql, where_params = compile_where(app, channel, query["filters"])
-    count_sql = f"SELECT COUNT(*) FROM records WHERE {where_sql}"
+    count_where, count_params = compile_where(app, channel, query["filters"], dialect)
+    count_sql = f"SELECT COUNT(*) FROM records WHERE {count_where}"
 
-    select = _Compiler()
+    c = _Compiler(dialect)
+    where_sql = c.where(app, channel, query["filters"])
     group_by = query["groupBy"]
     if group_by is not None:
-        value = select.value_expr(group_by)
-        kind = "NULL" if group_by in COLUMNS else f"COALESCE({select.type_expr(group_by)}, 'null')"
-        sql = (f"SELECT {value} AS v, {kind} AS t, COUNT(*) AS c FROM records "
-               f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, v, t LIMIT ? OFFSET ?")
-        params = [*select.params, *where_params, query["limit"], query["offset"]]
-        return CompiledSearch(sql, params, count_sql, list(where_params), True)
+        sql = dialect.group_sql(c, group_by, where_sql)
+        sql += f" LIMIT {c.bind(query['limit'])} OFFSET {c.bind(query['offset'])}"
+        return CompiledSearch(sql, c.params, count_sql, count_params, True)
 
     order = "DESC" if query["sortOrder"] == "desc" else "ASC"
-    sort = select.value_expr(query["sortField"])
+    terms = [*dialect.order_terms(c, query["sortField"], order), f"seq {order}"]
     sql = (f"SELECT id, client_id, created, data, username, seq FROM records "
-           f"WHERE {where_sql} ORDER BY {sort} {order}, seq {order} LIMIT ? OFFSET ?")
-    params = [*where_params, *select.params, query["limit"], query["offset"]]
-    return CompiledSearch(sql, params, count_sql, list(where_params), False)
+           f"WHERE {where_sql} ORDER BY {', '.join(terms)} "
+           f"LIMIT {c.bind(query['limit'])} OFFSET {c.bind(query['offset'])}")
+    return CompiledSearch(sql, c.params, count_sql, count_params, False)
 
 
 def group_value(value: Any, json_type: str | None) -> Any:
     """A grouped value with its JSON type restored (`true` stays `true`, objects parse)."""
+    if json_type == ENCODED:
+        return orjson.loads(value)
     if json_type in ("null", None) and value is None:
         return None
     if json_type == "true":

@@ -1,4 +1,7 @@
-"""The Store seam: durable records, search over them, and the apps (keys and secrets)."""
+"""The Store seam: durable records, search over them, and the apps (keys and secrets).
+
+Two implementations: `sqlite` (embedded, the default) and `postgres` (shared by many nodes).
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,9 @@ class Store(ABC):
     - Reads (`search_records`, `read_range`) see every record whose append has returned and never
       block the event loop; they do not wait for a pending batch.
     - Records are only ever added, never changed.
+    - Every implementation gives the same answer to a QUERY: `app.query` compiles it, a store
+      only names its dialect. What a JSON engine normalises in `data` is listed by the store.
+    - A channel's seqs are unique; appending a taken seq fails its whole batch with `NotStored`.
     """
 
     @abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from app.errors import QueryError, StoreError
+from app.errors import NotStored, QueryError, StoreError
 from app.query import validate_query
 from app.records import Record, record_id
 from app.store import create_store
-from app.store.base import Store
+from app.store.base import Store, Widget
 
 pytestmark = pytest.mark.asyncio
 _channels = itertools.count()
@@ -26,10 +27,17 @@ SEED_QUERY = {
 }
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    urls = {"sqlite": f"sqlite:///{tmp_path / 'contract.sqlite3'}"}
-    opened = create_store(urls[request.param])
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each kind: a SQLite file, or a schema of its own in PostgreSQL."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'contract.sqlite3'}"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = create_store(store_url)
     await opened.open()
     yield opened
     await opened.close()
@@ -224,3 +232,61 @@ async def test_apps_are_unique_by_name_and_key(store: Store) -> None:
     with pytest.raises(StoreError):
         await store.create_app("quiz2", "quizkey", "t" * 24)
     assert [app.name for app in await store.list_apps()] == ["quiz"]
+
+
+async def test_app_secret_and_settings_are_replaced(store: Store) -> None:
+    """A new secret and new settings are what the next lookup returns."""
+    created = await store.create_app("quiz", "quizkey", "s" * 24)
+    await store.set_app_secret(created.id, "n" * 24)
+    await store.set_app_settings(created.id, {"msg_rate": 5.5, "origins": ["https://a.test"]})
+    found = await store.app_by_key("quizkey")
+    assert found is not None
+    assert found.secret == "n" * 24
+    assert found.settings == {"msg_rate": 5.5, "origins": ["https://a.test"]}
+    assert await store.app_by_name("nobody") is None
+
+
+async def test_widgets_are_saved_replaced_listed_and_deleted(store: Store) -> None:
+    """save_widget creates or replaces by id; widgets list by name; delete says if one was there."""
+    await store.save_widget("demo", Widget("w1", "zeta", "<p>", "p{}", "go()"))
+    first = await store.save_widget("demo", Widget("w2", "Alpha", "", "", ""))
+    replaced = await store.save_widget("demo", Widget("w1", "beta", "<b>", "", ""))
+    await store.save_widget("other", Widget("w3", "elsewhere", "", "", ""))
+    assert first.updated > 0
+    assert [w.name for w in await store.list_widgets("demo")] == ["Alpha", "beta"]
+    assert await store.get_widget("demo", "w1") == replaced
+    assert await store.get_widget("demo", "w3") is None
+    assert await store.delete_widget("demo", "w1") is True
+    assert await store.delete_widget("demo", "w1") is False
+    assert [w.id for w in await store.list_widgets("demo")] == ["w2"]
+
+
+async def test_a_failed_batch_stores_none_of_its_records(store: Store) -> None:
+    """A batch with a duplicate seq fails whole: every sender gets NotStored, nothing is added."""
+    channel = await fill(store, [{"n": 1}])
+    duplicate, fresh = make_records(channel, [{"n": "dup"}, {"n": 2}])
+    outcomes = await asyncio.gather(store.append_record(duplicate), store.append_record(fresh),
+                                    return_exceptions=True)
+    assert all(isinstance(outcome, NotStored) for outcome in outcomes)
+    assert [r.data for r in await store.read_range("demo", channel, 0, 10)] == [{"n": 1}]
+    await store.append_record(fresh)  # the store carries on after a failed batch
+    assert await store.last_seq("demo", channel) == 2
+
+
+async def test_close_flushes_pending_appends_and_reports_commits(store_url: str) -> None:
+    """Appends still pending at close are committed; the observer hears every batch."""
+    commits: list[int] = []
+    opened = create_store(store_url, commit_interval_ms=50,
+                          on_commit=lambda size, seconds: commits.append(size))
+    await opened.open()
+    appends = [asyncio.create_task(opened.append_record(r)) for r in make_records("c", [1, 2, 3])]
+    await asyncio.sleep(0)  # queued, not yet committed: the committer waits 50 ms
+    await opened.close()
+    await asyncio.gather(*appends)
+    assert sum(commits) == 3
+    reopened = create_store(store_url)
+    await reopened.open()
+    try:
+        assert [r.data for r in await reopened.read_range("demo", "c", 0, 10)] == [1, 2, 3]
+    finally:
+        await reopened.close()
