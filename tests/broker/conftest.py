@@ -22,6 +22,7 @@ from app.broker.memory import MemoryBroker
 from app.broker.redis import RedisBroker
 from app.records import Record
 from tests.live import UNIT
+from tests.store.conftest import postgres_cluster, postgres_url  # noqa: F401 - shared fixtures
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Two c8ws processes sharing Redis (and one store) behave like one server."""
+"""Two c8ws processes sharing Redis and PostgreSQL behave like one server."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def nodes(redis_server: RedisServer, make_server: Callable[..., Server],
+def nodes(redis_server: RedisServer, postgres_url: str, make_server: Callable[..., Server],
           tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    """Nodes A and B on one Redis and one store (SQLite file in WAL mode shared by both)."""
-    env = {"C8WS_BROKER_URL": redis_server.url, "C8WS_DEMO_SECRET": "cluster-secret-0123456789"}
-    shared = tmp_path / "shared"
-    yield make_server(env, data_dir=shared), make_server(env, data_dir=shared)
+    """Nodes A and B, each with its own data dir, on one Redis and one PostgreSQL database."""
+    env = {"C8WS_BROKER_URL": redis_server.url, "C8WS_DATABASE_URL": postgres_url,
+           "C8WS_DEMO_SECRET": "cluster-secret-0123456789"}
+    yield (make_server(env, data_dir=tmp_path / "a"), make_server(env, data_dir=tmp_path / "b"))
 
 
 async def status(client: ClientConnection) -> Any:
