@@ -29,6 +29,18 @@ async def http_error(error: HTTPError) -> Response:
     return json_response({"error": {"code": error.code, "message": error.message}}, error.status)
 
 
+@blueprint.app_errorhandler(404)
+async def not_found(_error: Exception) -> Response:
+    return json_response({"error": {"code": ErrorCode.NOT_FOUND, "message": "no such page"}},
+                         404)
+
+
+@blueprint.app_errorhandler(405)
+async def method_not_allowed(_error: Exception) -> Response:
+    return json_response({"error": {"code": "method_not_allowed",
+                                    "message": "that method is not allowed here"}}, 405)
+
+
 def checked_channel(channel: str) -> str:
     if not CHANNEL_PATTERN.fullmatch(channel):
         raise HTTPError(400, ErrorCode.INVALID_REQUEST,

@@ -30,10 +30,6 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4029  # back off, then reconnect
 
 
-TERMINAL_CLOSE_CODES = frozenset(
-    {CloseCode.UNKNOWN_KEY, CloseCode.BAD_CHANNEL, CloseCode.AUTH_FAILED, CloseCode.ORIGIN,
-     CloseCode.TOO_LARGE}
-)
 
 
 class ErrorCode:

@@ -6,7 +6,7 @@ queue; nothing here awaits, so one slow member never holds up a channel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from app.member import Member, Outgoing
 from app.protocol import Dialect, RecordFrames
@@ -40,13 +40,6 @@ class Hub:
 
     def channels(self) -> list[ChannelKey]:
         return list(self._channels)
-
-    def __iter__(self) -> Iterator[Member]:
-        for members in list(self._channels.values()):
-            yield from list(members.values())
-
-    def __len__(self) -> int:
-        return sum(len(members) for members in self._channels.values())
 
     def fan_out(self, key: ChannelKey, frames: RecordFrames, skip: int | None = None) -> int:
         """Queue a record's frames for the channel's members (but `skip`, unless it asked for

@@ -73,6 +73,7 @@ class Member:
     close_code: int = CloseCode.GOING_AWAY
     close_reason: str = ""
     queued_bytes: int = 0
+    resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
     pipeline: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
@@ -83,8 +84,9 @@ class Member:
         return len(self._queue)
 
     def send_nowait(self, item: Outgoing) -> None:
-        """Queue a frame without waiting; an overflow closes the member with 4008."""
-        if self.state is not MemberState.OPEN:
+        """Queue a frame without waiting; an overflow closes the member with 4008. Records at or
+        below `resumed_to` were already queued by a resume and are dropped."""
+        if self.state is not MemberState.OPEN or 0 < item.seq <= self.resumed_to:
             return
         if self.queued_bytes + item.size > self.limits.max_queue_bytes:
             log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
@@ -105,6 +107,7 @@ class Member:
         """Put frames ahead of everything queued, dropping queued records at or below
         `after_seq` (they are among `frames`): the welcome and recovered records, before the
         writer starts."""
+        self.resumed_to = after_seq
         live = [item for item in self._queue if not item.seq or item.seq > after_seq]
         self._queue.clear()
         self._queue.extend([*frames, *live])

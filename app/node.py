@@ -166,10 +166,6 @@ class Node:
     def channel_total(self) -> int:
         return len(self.hub.channels())
 
-    def members(self, app: str) -> list[Member]:
-        """This node's live members of one app."""
-        return [member for member in self._live if member.key[0] == app]
-
     def next_member_id(self) -> int:
         return next(self._member_ids)
 

@@ -184,3 +184,12 @@ def test_session_cookie_is_not_signed_with_the_demo_secret(server: Server) -> No
         answer = client.request("GET", "/api/channels",
                                 headers={"Cookie": f"session={cookie(key)}"})
         assert answer[0] == status
+
+
+def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
+    """Even the framework's own 404 and 405 are JSON errors."""
+    client = Client(server.http)
+    status, body, _ = client.request("GET", "/api/nothing-here")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, _ = client.request("DELETE", "/healthz")
+    assert status == 405 and body["error"]["code"] == "method_not_allowed"
