@@ -6,10 +6,8 @@ store; reads and app/widget writes use a pool, so a search never waits for a bat
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +19,7 @@ from app.errors import NotStored, StoreError
 from app.query import POSTGRES, compile_search, compile_where, group_value
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
+from app.store.batching import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +90,10 @@ class PostgresStore(Store):
     def __init__(self, url: str, commit_interval_ms: float = 0.0,
                  on_commit: CommitObserver | None = None) -> None:
         self._url = url
-        self._on_commit = on_commit
-        self._interval = commit_interval_ms / 1000
+        self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
+            self._write_batch, "postgres-commits", commit_interval_ms / 1000, on_commit)
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Pool | None = None
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -113,8 +108,7 @@ class PostgresStore(Store):
         except _DRIVER_ERRORS as error:
             await self._close_pools()
             raise StoreError(f"PostgreSQL at {_redacted(self._url)}: {error}") from None
-        self._closing = False
-        self._committer = asyncio.create_task(self._commit_loop(), name="postgres-committer")
+        self._commits.start()
 
     async def _migrate(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as db:
@@ -137,15 +131,7 @@ class PostgresStore(Store):
                 await db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            # Not cancelled: the committer flushes what is pending and returns, so no sender is
-            # left waiting on a batch that was cut off halfway.
-            self._closing = True
-            self._wakeup.set()
-            await asyncio.wait([self._committer])
-            self._committer = None
-            _fail(self._pending, "record not stored: the store closed")  # only if it crashed
-            self._pending = []
+        await self._commits.close()
         await self._close_pools()
 
     async def _close_pools(self) -> None:
@@ -212,45 +198,14 @@ class PostgresStore(Store):
     # records ----------------------------------------------------------------------------------
 
     async def append_record(self, record: Record) -> None:
-        if self._committer is None or self._committer.done() or self._closing:
-            raise NotStored("the store is not accepting records")
-        row = _row(record)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        self._wakeup.set()
-        await future
+        await self._commits.append(_row(record))
 
-    async def _commit_loop(self) -> None:
-        """Commit whatever is pending in one transaction; what arrives meanwhile waits its turn."""
-        while not (self._closing and not self._pending):
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._interval and not self._closing:
-                await asyncio.sleep(self._interval)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        began = time.perf_counter()
-        try:
-            if self._writer is None:
-                raise StoreError("store is not open")
-            async with self._writer.acquire() as db, db.transaction():
-                await db.executemany(_INSERT, [row for row, _ in batch])
-        except asyncio.CancelledError:
-            _fail(batch, "record not stored: the store closed during the commit")
-            raise
-        except Exception as error:  # the whole batch fails together; each sender is told
-            log.error("commit of %d records failed: %s", len(batch), error)
-            _fail(batch, f"record not stored: {error}")
-            return
-        if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - began)
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+    async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction for the batch on the committer's own connection."""
+        if self._writer is None:
+            raise StoreError("store is not open")
+        async with self._writer.acquire() as db, db.transaction():
+            await db.executemany(_INSERT, rows)
 
     async def last_seq(self, app: str, channel: str) -> int:
         rows = await self._fetch(
@@ -316,8 +271,3 @@ class PostgresStore(Store):
             "DELETE FROM widgets WHERE app = $1 AND id = $2", app, widget_id)
         return status.rsplit(" ", 1)[-1] != "0"
 
-
-def _fail(batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]], message: str) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(NotStored(message))

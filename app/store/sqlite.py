@@ -4,10 +4,8 @@ a separate reader connection so a search never waits for a batch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,11 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from app.errors import NotStored, StoreError
+from app.errors import StoreError
 from app.query import compile_search, compile_where, group_value
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
+from app.store.batching import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +53,10 @@ class SqliteStore(Store):
     def __init__(self, path: str, commit_interval_ms: float = 0.0,
                  on_commit: CommitObserver | None = None) -> None:
         self._path = path
-        self._on_commit = on_commit
-        self._interval = commit_interval_ms / 1000
+        self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
+            self._write_batch, "sqlite-commits", commit_interval_ms / 1000, on_commit)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         if self._path != ":memory:":
@@ -73,7 +69,7 @@ class SqliteStore(Store):
         await self._migrate(self._writer)
         self._reader = await aiosqlite.connect(self._path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
-        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
+        self._commits.start()
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         """Apply pending migrations, each in its own transaction. Processes starting together
@@ -98,11 +94,7 @@ class SqliteStore(Store):
         return int(row[0]) if row else 0
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            await self._flush()
+        await self._commits.close()
         for db in (self._reader, self._writer):
             if db is not None:
                 await db.close()
@@ -162,45 +154,19 @@ class SqliteStore(Store):
     # records ----------------------------------------------------------------------------------
 
     async def append_record(self, record: Record) -> None:
-        if self._committer is None or self._committer.done():
-            raise NotStored("the store is not accepting records")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
-        self._wakeup.set()
-        await future
+        await self._commits.append(_row(record))
 
-    async def _commit_loop(self) -> None:
-        """Commit whatever is pending in one transaction; what arrives meanwhile waits its turn."""
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._interval:
-                await asyncio.sleep(self._interval)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
+    async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction for the batch; rolled back whole if any row fails."""
         db = self._db
-        began = time.perf_counter()
         try:
             await db.execute("BEGIN")
-            await db.executemany(_INSERT, [_row(record) for record, _ in batch])
+            await db.executemany(_INSERT, rows)
             await db.execute("COMMIT")
-        except Exception as error:  # the whole batch fails together; each sender is told
-            log.error("commit of %d records failed: %s", len(batch), error)
+        except Exception:
             with contextlib.suppress(aiosqlite.Error):
                 await db.execute("ROLLBACK")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(NotStored(f"record not stored: {error}"))
-            return
-        if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - began)
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+            raise
 
     async def last_seq(self, app: str, channel: str) -> int:
         async with self._read_db.execute(

@@ -1,0 +1,90 @@
+"""Group commit, shared by the stores: rows appended while a transaction runs wait and go into
+the next one together, so many publishers cost one commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from app.errors import NotStored
+from app.store.base import CommitObserver
+
+log = logging.getLogger(__name__)
+Row = TypeVar("Row")
+
+
+class GroupCommit(Generic[Row]):
+    """One task writes everything pending with `write(rows)` (one transaction). Appenders wait
+    for their batch; on failure the whole batch is `NotStored`. `close` commits what is pending
+    first, so no appender is left waiting."""
+
+    def __init__(self, write: Callable[[list[Row]], Awaitable[None]], name: str,
+                 interval_s: float = 0.0, on_commit: CommitObserver | None = None) -> None:
+        self._write = write
+        self._name = name
+        self._interval = interval_s
+        self._on_commit = on_commit
+        self._pending: list[tuple[Row, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=self._name)
+
+    async def append(self, row: Row) -> None:
+        """Return once `row` is committed; raise `NotStored` if it could not be."""
+        if self._task is None or self._task.done() or self._closing:
+            raise NotStored("the store is not accepting records")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((row, future))
+        self._wakeup.set()
+        await future
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.wait([self._task])
+        self._task = None
+        _fail(self._pending, "record not stored: the store closed")  # only if the task crashed
+        self._pending = []
+
+    async def _run(self) -> None:
+        while not (self._closing and not self._pending):
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._interval and not self._closing:
+                await asyncio.sleep(self._interval)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        began = time.perf_counter()
+        try:
+            await self._write([row for row, _ in batch])
+        except asyncio.CancelledError:
+            _fail(batch, "record not stored: the store closed during the commit")
+            raise
+        except Exception as error:  # the whole batch fails together; each appender is told
+            log.error("commit of %d records failed: %s", len(batch), error)
+            _fail(batch, f"record not stored: {error}")
+            return
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - began)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
+def _fail(batch: list[tuple[Row, asyncio.Future[None]]], message: str) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(NotStored(message))
