@@ -41,6 +41,7 @@ class ErrorCode:
     UNKNOWN_COMMAND = "unknown_command"
     RATE_LIMITED = "rate_limited"
     NOT_STORED = "not_stored"
+    UNAVAILABLE = "unavailable"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     UNAUTHORIZED = "unauthorized"

@@ -15,6 +15,7 @@ from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
 from app.auth import verify_token
+from app.broker.base import BrokerError
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
 from app.limits import TokenBucket
 from app.member import ASGISend, Member, MemberState, Outgoing
@@ -274,6 +275,12 @@ async def _publish_and_answer(node: Node, member: Member, rid: str | None,
         )
     except NotStored as error:
         member.send_frame(error_frame(member.dialect, ErrorCode.NOT_STORED, str(error), rid))
+        return
+    except BrokerError as error:
+        log.warning("publish to %s failed: %s", member.key, error)
+        member.send_frame(error_frame(
+            member.dialect, ErrorCode.UNAVAILABLE,
+            "the message could not be delivered (the broker is unreachable); try again", rid))
         return
     if rid is not None:
         member.send_frame(reply_frame(rid, {"record": record.public()}))

@@ -97,3 +97,60 @@ async def test_two_workers_serve_one_port(redis_server: RedisServer,
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_redis_restart_loses_no_acknowledged_message(
+    tmp_path: Path, postgres_url: str, make_server: Callable[..., Server],
+) -> None:
+    """Redis stops and comes back (empty): publishes meanwhile are refused with `unavailable`,
+    never lost silently, publishing recovers, and every acknowledged persistent message is in
+    the store. (Delivery to other nodes after the restart does not resume yet: see the note of
+    2026-11-23; this test pins what holds today.)"""
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        env = {"C8WS_BROKER_URL": redis.url, "C8WS_DATABASE_URL": postgres_url,
+               "C8WS_DEMO_SECRET": "cluster-secret-0123456789"}
+        a = make_server(env, data_dir=tmp_path / "a")
+        b = make_server(env, data_dir=tmp_path / "b")
+        acked: list[str] = []
+
+        async def publish(client: ClientConnection, number: int) -> Any:
+            await client.send(orjson.dumps({"publish": {"data": {"n": number},
+                                                        "rid": f"r{number}"}}).decode())
+            while True:
+                frame = await recv_json(client, 10)
+                if "reply" in frame:
+                    acked.append(frame["reply"]["record"]["id"])
+                    return frame
+                if "error" in frame:
+                    return frame
+
+        async with await connect(a.ws("/c8/restart?api_key=demo&persistent=1")) as writer, \
+                await connect(b.ws("/c8/restart?api_key=demo")) as reader:
+            await recv_kind(writer, "welcome")
+            await recv_kind(reader, "welcome")
+            for number in range(5):
+                assert "reply" in await publish(writer, number)
+            redis.stop()
+            refused = await publish(writer, 100)
+            assert refused["error"]["code"] == "unavailable"
+            redis.start()
+            deadline = time.monotonic() + 20 * UNIT
+            number = 200
+            while "reply" not in await publish(writer, number):
+                assert time.monotonic() < deadline, "publishing never recovered"
+                number += 1
+                await asyncio.sleep(0.2)
+            for number in range(300, 305):
+                assert "reply" in await publish(writer, number)
+            seen = [(await recv_kind(reader, "message"))["data"]["n"] for _ in range(5)]
+            assert seen == [0, 1, 2, 3, 4]
+        code, body, _ = Client(b.http).request(
+            "POST", "/api/channels/restart/search", {"limit": 1000},
+            headers={"X-Api-Key": "demo"})
+        assert code == 200
+        stored = {item["id"] for item in body["items"]}
+        assert set(acked) <= stored and len(acked) >= 11
+    finally:
+        redis.stop()
