@@ -55,24 +55,24 @@ class Settings:
         return self.database_url or f"sqlite:///{self.data_dir / 'c8ws.sqlite3'}"
 
 
-def _positive_int(name: str, raw: str) -> int:
+def non_negative(name: str, raw: str, convert: Callable[[str], float] = int) -> Any:
+    """`raw` as a number of `convert`'s kind, at least 0; the error names the setting."""
     try:
-        value = int(raw)
+        value = convert(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        wanted = "a whole number" if convert is int else "a number"
+        raise ConfigError(f"{name} must be {wanted}, got {raw!r}") from None
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {raw!r}")
     return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    return int(non_negative(name, raw, int))
 
 
 def _positive_float(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {raw!r}")
-    return value
+    return float(non_negative(name, raw, float))
 
 
 def _port(name: str, raw: str) -> int:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from app.config import Settings
+from app.config import Settings, non_negative
 from app.errors import ConfigError
 
 
@@ -52,13 +52,8 @@ def parse_override(name: str, raw: str) -> Any:
         return [origin.strip() for origin in raw.split(",") if origin.strip()]
     if name not in OVERRIDABLE:
         raise ConfigError(f"unknown limit {name!r}; choose from {', '.join(OVERRIDABLE)}")
-    try:
-        value = float(raw) if name == "msg_rate" else int(raw)
-    except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-    return value
+    return non_negative(f"--{name.replace('_', '-')}", raw,
+                        float if name == "msg_rate" else int)
 
 
 class TokenBucket:

@@ -17,6 +17,7 @@ import orjson
 from marshmallow import ValidationError
 
 from app.errors import QueryError
+from app.records import Record
 from app.schemas import QuerySchema, first_error
 
 COLUMNS = {"id": "text", "seq": "number", "created": "number", "client_id": "text",
@@ -399,3 +400,24 @@ def group_value(value: Any, json_type: str | None) -> Any:
     if json_type in ("object", "array"):
         return orjson.loads(value)
     return value
+
+
+RANGE_COLUMNS = "seq, id, client_id, created, username, data, text"
+"""The columns `stored_record` reads, in order (a store's read_range selects these)."""
+
+
+def stored_record(app: str, channel: str, row: Any) -> Record:
+    """A Record from a row of RANGE_COLUMNS (`data` as JSON text)."""
+    return Record(app=app, channel=channel, seq=row[0], id=row[1], client_id=row[2],
+                  created=row[3], username=row[4], data=orjson.loads(row[5]), text=row[6],
+                  persistent=True)
+
+
+def search_result(compiled: CompiledSearch, total: int, rows: Any) -> dict[str, Any]:
+    """The answer to a search from the rows of `compiled.sql`: items or groups, and the total."""
+    if compiled.groups:
+        return {"total": total,
+                "groups": [{"value": group_value(v, t), "count": c} for v, t, c in rows]}
+    items = [{"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
+              "username": r[4], "seq": r[5]} for r in rows]
+    return {"total": total, "items": items}

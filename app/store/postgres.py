@@ -16,7 +16,14 @@ import asyncpg
 import orjson
 
 from app.errors import NotStored, StoreError
-from app.query import POSTGRES, compile_search, compile_where, group_value
+from app.query import (
+    POSTGRES,
+    RANGE_COLUMNS,
+    compile_search,
+    compile_where,
+    search_result,
+    stored_record,
+)
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
 from app.store.batching import GroupCommit
@@ -217,31 +224,18 @@ class PostgresStore(Store):
         where_sql, params = compile_where(app, channel, filters or [], POSTGRES)
         after, most = (POSTGRES.placeholder(len(params) + n) for n in (1, 2))
         rows = await self._fetch(
-            "SELECT seq, id, client_id, created, username, data, text FROM records "
+            f"SELECT {RANGE_COLUMNS} FROM records "
             f"WHERE {where_sql} AND seq > {after} ORDER BY seq LIMIT {most}",
             *params, after_seq, limit,
         )
-        return [
-            Record(app=app, channel=channel, seq=row[0], id=row[1], client_id=row[2],
-                   created=row[3], username=row[4], data=orjson.loads(row[5]), text=row[6],
-                   persistent=True)
-            for row in rows
-        ]
+        return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
         compiled = compile_search(app, channel, query, POSTGRES)
         counted = await self._fetch(compiled.count_sql, *compiled.count_params)
         total = int(counted[0][0]) if counted else 0
         rows = await self._fetch(compiled.sql, *compiled.params)
-        if compiled.groups:
-            groups = [{"value": group_value(v, t), "count": c} for v, t, c in rows]
-            return {"total": total, "groups": groups}
-        items = [
-            {"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
-             "username": r[4], "seq": r[5]}
-            for r in rows
-        ]
-        return {"total": total, "items": items}
+        return search_result(compiled, total, rows)
 
     # widgets ----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import aiosqlite
 import orjson
 
 from app.errors import StoreError
-from app.query import compile_search, compile_where, group_value
+from app.query import RANGE_COLUMNS, compile_search, compile_where, search_result, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
 from app.store.batching import GroupCommit
@@ -179,17 +179,12 @@ class SqliteStore(Store):
                          filters: list[dict[str, Any]] | None = None) -> list[Record]:
         where_sql, params = compile_where(app, channel, filters or [])
         async with self._read_db.execute(
-            "SELECT seq, id, client_id, created, username, data, text FROM records "
+            f"SELECT {RANGE_COLUMNS} FROM records "
             f"WHERE {where_sql} AND seq > ? ORDER BY seq LIMIT ?",
             (*params, after_seq, limit),
         ) as cursor:
             rows = await cursor.fetchall()
-        return [
-            Record(app=app, channel=channel, seq=row[0], id=row[1], client_id=row[2],
-                   created=row[3], username=row[4], data=orjson.loads(row[5]), text=row[6],
-                   persistent=True)
-            for row in rows
-        ]
+        return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
         compiled = compile_search(app, channel, query)
@@ -199,15 +194,7 @@ class SqliteStore(Store):
         total = int(row[0]) if row else 0
         async with db.execute(compiled.sql, compiled.params) as cursor:
             rows = await cursor.fetchall()
-        if compiled.groups:
-            groups = [{"value": group_value(v, t), "count": c} for v, t, c in rows]
-            return {"total": total, "groups": groups}
-        items = [
-            {"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
-             "username": r[4], "seq": r[5]}
-            for r in rows
-        ]
-        return {"total": total, "items": items}
+        return search_result(compiled, total, rows)
 
     # widgets ----------------------------------------------------------------------------------
 
