@@ -30,14 +30,11 @@ _INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
-class CompiledSearch:
-    """SQL and parameters for one search; `groups` tells which result shape to build."""
+class Statement:
+    """One SQL statement and its parameters, numbered from 1."""
 
     sql: str
     params: list[Any]
-    count_sql: str
-    count_params: list[Any]
-    groups: bool
 
 
 def validate_query(raw: Any) -> dict[str, Any]:
@@ -81,8 +78,14 @@ class _Compiler:
             self._once[value] = self.bind(value)
         return self._once[value]
 
-    def where(self, app: str, channel: str, filters: list[dict[str, Any]]) -> str:
+    def where(self, app: str, channel: str, filters: list[dict[str, Any]],
+              seqs: range | None = None) -> str:
+        """`seqs` keeps records whose seq is in the range: a bounded range on the primary key,
+        which SQLite's planner then prefers to a one-sided range on `created`."""
         clauses = [f"app = {self.bind(app)}", f"channel = {self.bind(channel)}"]
+        if seqs is not None:
+            bound = self.dialect.bind_number
+            clauses += [f"seq >= {bound(self, seqs.start)}", f"seq < {bound(self, seqs.stop)}"]
         clauses += [self.filter(f["field"], f["operator"], f["value"]) for f in filters]
         return " AND ".join(clauses)
 
@@ -189,8 +192,10 @@ class Dialect(ABC):
         then strings and JSON text."""
 
     @abstractmethod
-    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
-        """SELECT of (v, t, c) rows, ordered by count descending then value, without LIMIT."""
+    def group_sql(self, c: _Compiler, field: str, where_sql: str, carried: str) -> str:
+        """SELECT of (v, t, n) rows: the groups of the records passing `where_sql` merged with
+        `carried` (a JSON array of such rows counted before), ordered by count descending then
+        value, without LIMIT."""
 
 
 class SqliteDialect(Dialect):
@@ -240,10 +245,14 @@ class SqliteDialect(Dialect):
     def order_terms(self, c: _Compiler, field: str, order: str) -> list[str]:
         return [f"{self._value(c, field)} {order}"]
 
-    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
+    def group_sql(self, c: _Compiler, field: str, where_sql: str, carried: str) -> str:
         kind = "NULL" if field in COLUMNS else f"COALESCE({self._type(c, field)}, 'null')"
-        return (f"SELECT {self._value(c, field)} AS v, {kind} AS t, COUNT(*) AS c FROM records "
-                f"WHERE {where_sql} GROUP BY v, t ORDER BY c DESC, v, t")
+        before = ("SELECT json_extract(value, '$[0]') AS v, json_extract(value, '$[1]') AS t, "
+                  f"json_extract(value, '$[2]') AS c FROM json_each({carried})")
+        now = (f"SELECT {self._value(c, field)} AS v, {kind} AS t, COUNT(*) AS c FROM records "
+               f"WHERE {where_sql} GROUP BY v, t")
+        return (f"SELECT v, t, SUM(c) AS n FROM ({before} UNION ALL {now}) "
+                f"GROUP BY v, t ORDER BY n DESC, v, t")
 
 
 class PostgresDialect(Dialect):
@@ -333,14 +342,22 @@ class PostgresDialect(Dialect):
                     + (nulls if COLUMNS[field] == "text" else "")]
         return [f"{key} {order}" for key in self._sort_keys(self._json(c, field))]
 
-    def group_sql(self, c: _Compiler, field: str, where_sql: str) -> str:
+    def group_sql(self, c: _Compiler, field: str, where_sql: str, carried: str) -> str:
+        before = f"jsonb_array_elements({carried}::jsonb) AS x"
         if field in COLUMNS:
-            return (f"SELECT {field} AS v, NULL::text AS t, COUNT(*) AS c FROM records "
-                    f"WHERE {where_sql} GROUP BY {field} "
-                    f"ORDER BY c DESC, {self.sortable(field, COLUMNS[field])} NULLS FIRST")
+            kind = COLUMNS[field]
+            cast = "bigint" if kind == "number" else "text"
+            parts = (f"SELECT (x ->> 0)::{cast} AS v, (x ->> 2)::bigint AS c FROM {before} "
+                     f"UNION ALL SELECT {field} AS v, COUNT(*) AS c FROM records "
+                     f"WHERE {where_sql} GROUP BY {field}")
+            return (f"SELECT v, NULL::text AS t, SUM(c)::bigint AS n FROM ({parts}) AS parts "
+                    f"GROUP BY v ORDER BY n DESC, {self.sortable('v', kind)} NULLS FIRST")
         # Group by the value's JSON text: 1 and 1.0 stay apart (as SQLite's integer and real do),
         # a missing path joins null, and the text parses back to the value with its type.
         value = f"COALESCE({self._json(c, field)}, 'null'::jsonb)::text"
+        parts = (f"SELECT x ->> 0 AS g, (x ->> 2)::bigint AS c FROM {before} "
+                 f"UNION ALL SELECT {value} AS g, COUNT(*) AS c FROM records "
+                 f"WHERE {where_sql} GROUP BY 1")
         x = "(g::jsonb)"
         sqlite_type = (
             f"(CASE jsonb_typeof({x}) WHEN 'number' THEN "
@@ -349,8 +366,8 @@ class PostgresDialect(Dialect):
             f'COLLATE "C"'
         )
         keys = ", ".join([*self._sort_keys(x), sqlite_type, 'g COLLATE "C"'])
-        return (f"SELECT g AS v, '{ENCODED}' AS t, c FROM (SELECT {value} AS g, COUNT(*) AS c "
-                f"FROM records WHERE {where_sql} GROUP BY 1) AS grouped ORDER BY c DESC, {keys}")
+        return (f"SELECT g AS v, '{ENCODED}' AS t, n FROM (SELECT g, SUM(c)::bigint AS n "
+                f"FROM ({parts}) AS parts GROUP BY g) AS grouped ORDER BY n DESC, {keys}")
 
 
 SQLITE: Dialect = SqliteDialect()
@@ -365,26 +382,53 @@ def compile_where(app: str, channel: str, filters: list[dict[str, Any]],
     return where.where(app, channel, filters), where.params
 
 
-def compile_search(app: str, channel: str, query: dict[str, Any],
-                   dialect: Dialect = SQLITE) -> CompiledSearch:
-    """SQL for the items (or groups) page and for the total, over one channel's records."""
-    count_where, count_params = compile_where(app, channel, query["filters"], dialect)
-    count_sql = f"SELECT COUNT(*) FROM records WHERE {count_where}"
-
+def compile_page(app: str, channel: str, query: dict[str, Any],
+                 dialect: Dialect = SQLITE) -> Statement:
+    """The page of items the QUERY asks for or, with groupBy, its page of groups."""
     c = _Compiler(dialect)
     where_sql = c.where(app, channel, query["filters"])
     group_by = query["groupBy"]
     if group_by is not None:
-        sql = dialect.group_sql(c, group_by, where_sql)
-        sql += f" LIMIT {c.bind(query['limit'])} OFFSET {c.bind(query['offset'])}"
-        return CompiledSearch(sql, c.params, count_sql, count_params, True)
+        sql = dialect.group_sql(c, group_by, where_sql, c.bind("[]"))
+    else:
+        order = "DESC" if query["sortOrder"] == "desc" else "ASC"
+        terms = [*dialect.order_terms(c, query["sortField"], order), f"seq {order}"]
+        sql = (f"SELECT id, client_id, created, data, username, seq FROM records "
+               f"WHERE {where_sql} ORDER BY {', '.join(terms)}")
+    sql += f" LIMIT {c.bind(query['limit'])} OFFSET {c.bind(query['offset'])}"
+    return Statement(sql, c.params)
 
-    order = "DESC" if query["sortOrder"] == "desc" else "ASC"
-    terms = [*dialect.order_terms(c, query["sortField"], order), f"seq {order}"]
-    sql = (f"SELECT id, client_id, created, data, username, seq FROM records "
-           f"WHERE {where_sql} ORDER BY {', '.join(terms)} "
-           f"LIMIT {c.bind(query['limit'])} OFFSET {c.bind(query['offset'])}")
-    return CompiledSearch(sql, c.params, count_sql, count_params, False)
+
+def compile_count(app: str, channel: str, filters: list[dict[str, Any]], seqs: range,
+                  dialect: Dialect = SQLITE) -> Statement:
+    """How many of the channel's records with a seq in `seqs` pass the filters."""
+    c = _Compiler(dialect)
+    return Statement(f"SELECT COUNT(*) FROM records WHERE {c.where(app, channel, filters, seqs)}",
+                     c.params)
+
+
+def compile_groups(app: str, channel: str, query: dict[str, Any], seqs: range, carried: str,
+                   most: int, dialect: Dialect = SQLITE) -> Statement:
+    """At most `most` groups, in answer order, of the records with a seq in `seqs` that pass
+    the filters, merged with `carried` (the JSON array of (v, t, n) rows counted before)."""
+    c = _Compiler(dialect)
+    where_sql = c.where(app, channel, query["filters"], seqs)
+    sql = dialect.group_sql(c, query["groupBy"], where_sql, c.bind(carried))
+    return Statement(f"{sql} LIMIT {c.bind(most)}", c.params)
+
+
+def compile_freshness(app: str, channel: str, after_seq: int | None,
+                      dialect: Dialect = SQLITE) -> Statement:
+    """One row: the channel's record count (kept in `channel_counts`), its highest seq and,
+    given `after_seq`, how many of its records have a larger seq."""
+    c = _Compiler(dialect)
+    here = f"app = {c.bind(app)} AND channel = {c.bind(channel)}"
+    columns = [f"(SELECT records FROM channel_counts WHERE {here})",
+               f"(SELECT MAX(seq) FROM records WHERE {here})"]
+    if after_seq is not None:
+        columns.append(f"(SELECT COUNT(*) FROM records WHERE {here} "
+                       f"AND seq > {dialect.bind_number(c, after_seq)})")
+    return Statement(f"SELECT {', '.join(columns)}", c.params)
 
 
 def group_value(value: Any, json_type: str | None) -> Any:
@@ -413,11 +457,12 @@ def stored_record(app: str, channel: str, row: Any) -> Record:
                   persistent=True)
 
 
-def search_result(compiled: CompiledSearch, total: int, rows: Any) -> dict[str, Any]:
-    """The answer to a search from the rows of `compiled.sql`: items or groups, and the total."""
-    if compiled.groups:
-        return {"total": total,
-                "groups": [{"value": group_value(v, t), "count": c} for v, t, c in rows]}
-    items = [{"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
-              "username": r[4], "seq": r[5]} for r in rows]
-    return {"total": total, "items": items}
+def items_of(rows: Any) -> list[dict[str, Any]]:
+    """Search items from the rows of a page statement without groupBy."""
+    return [{"id": r[0], "client_id": r[1], "created": r[2], "data": orjson.loads(r[3]),
+             "username": r[4], "seq": r[5]} for r in rows]
+
+
+def groups_of(rows: Any) -> list[dict[str, Any]]:
+    """Search groups from (v, t, n) rows."""
+    return [{"value": group_value(v, t), "count": n} for v, t, n in rows]

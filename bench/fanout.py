@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=int, default=2000, help="offered msgs/s, 0 to skip")
     parser.add_argument("--rate-channels", type=int, default=100)
     parser.add_argument("--rate-subscribers", type=int, default=10)
+    parser.add_argument("--idle", type=int, default=10_000,
+                        help="idle connections for memory per connection, 0 to skip (10,000)")
+    parser.add_argument("--idle-channels", type=int, default=100,
+                        help="channels the idle connections are spread over (100)")
+    parser.add_argument("--idle-hold", type=float, default=3.0,
+                        help="seconds the idle connections are held after connecting (3)")
     parser.add_argument("--persist", action=argparse.BooleanOptionalAction, default=True,
                         help="persistent vs non-persistent publishing on c8ws (default on)")
     parser.add_argument("--persist-subscribers", type=int, default=10,
@@ -65,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="in-flight window per channel of the many-channel run (10)")
     parser.add_argument("--search-rows", type=int, default=1_000_000,
                         help="records for bench/search.py, 0 to skip")
-    parser.add_argument("--search-runs", type=int, default=10, help="timed runs per query (10)")
-    parser.add_argument("--servers", default="c8ws,floor", help="which servers (c8ws,floor)")
+    parser.add_argument("--search-runs", type=int, default=50, help="timed runs per query (50)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help=f"which servers, comma-separated ({','.join(SERVERS)})")
     parser.add_argument("--env", type=env_pair, action="append", default=[],
                         metavar="NAME=VALUE", help="extra server environment, repeatable "
                         "(e.g. C8WS_COMMIT_INTERVAL_MS=0); named in the report")
@@ -80,9 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_setup() -> None:
-    if not (BENCH / "peers" / "node_modules" / "ws").is_dir():
-        raise SystemExit("bench/peers/node_modules missing: run `cd bench/peers && npm install`")
+def check_setup(servers: list[str]) -> None:
+    unknown = [name for name in servers if name not in SERVERS]
+    if unknown:
+        raise SystemExit(f"unknown servers {unknown}: choose from {', '.join(SERVERS)}")
+    for package in ("ws", "socket.io", "socket.io-client"):
+        if not (BENCH / "peers" / "node_modules" / package).is_dir():
+            raise SystemExit(f"bench/peers/node_modules/{package} missing: "
+                             f"run `cd bench/peers && npm install`")
     if shutil.which("node") is None:
         raise SystemExit("node not found: the load generator needs Node 18+")
 
@@ -97,12 +109,12 @@ def profile_only(args: argparse.Namespace, pins: Pins, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    check_setup()
+    servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    check_setup(servers)
     pins = pin_plan()
     idle_load = background_load()
     if idle_load > BUSY_PCT:
         print(f"warning: the machine is already {idle_load:.0f} % busy; numbers will be noisy")
-    servers = args.servers.split(",")
     section: str | None = None
     results: list[RunResult] = []
     searches: list[dict[str, Any]] = []

@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from app.query import POSTGRES, SQLITE, Dialect, compile_search, compile_where, validate_query
+from app.query import (
+    POSTGRES,
+    SQLITE,
+    Dialect,
+    compile_count,
+    compile_groups,
+    compile_page,
+    compile_where,
+    validate_query,
+)
 
 DIALECTS = pytest.mark.parametrize("dialect", [SQLITE, POSTGRES], ids=["sqlite", "postgres"])
 
@@ -26,12 +35,16 @@ def test_paths_and_values_never_reach_the_sql_text(dialect: Dialect) -> None:
                     for i, (op, value) in enumerate(operators)],
         "sortField": "data.sortkey", "groupBy": None,
     })
-    compiled = compile_search("appname", "channelname", query, dialect)
-    for sql in (compiled.sql, compiled.count_sql):
+    page = compile_page("appname", "channelname", query, dialect)
+    count = compile_count("appname", "channelname", query["filters"], range(4141, 4242), dialect)
+    for sql in (page.sql, count.sql):
         for word in ("segment", "inner", "sortkey", "needle", "appname", "channelname", "41"):
             assert word not in sql
-    grouped = compile_search("a", "c", validate_query({"groupBy": "data.groupkey"}), dialect)
-    assert "groupkey" not in grouped.sql
+    grouping = validate_query({"groupBy": "data.groupkey"})
+    carried = '[["groupkey", "text", 41]]'
+    for grouped in (compile_page("a", "c", grouping, dialect),
+                    compile_groups("a", "c", grouping, range(41, 42), carried, 41, dialect)):
+        assert "groupkey" not in grouped.sql and "41" not in grouped.sql
 
 
 @DIALECTS
@@ -42,10 +55,14 @@ def test_placeholders_are_numbered_to_match_the_parameters(dialect: Dialect) -> 
         {"field": "data.x", "operator": "!=", "value": "a"},
         {"field": "created", "operator": "in", "value": [1, 2, None]}],
         "sortField": "data.x", "limit": 5, "offset": 2})
-    compiled = compile_search("a", "c", query, dialect)
-    assert _numbers(dialect, compiled.sql) == set(range(1, len(compiled.params) + 1))
-    assert _numbers(dialect, compiled.count_sql) == set(range(1, len(compiled.count_params) + 1))
-    assert compiled.params[-2:] == [5, 2]
+    page = compile_page("a", "c", query, dialect)
+    count = compile_count("a", "c", query["filters"], range(3, 9), dialect)
+    groups = compile_groups("a", "c", {**query, "groupBy": "data.x"}, range(3, 9), "[]", 7,
+                            dialect)
+    for statement in (page, count, groups):
+        assert _numbers(dialect, statement.sql) == set(range(1, len(statement.params) + 1))
+    assert page.params[-2:] == [5, 2]
+    assert count.params[2:4] == [3, 9] and groups.params[-2:] == ["[]", 7]
     where, params = compile_where("a", "c", query["filters"], dialect)
     assert params[:2] == ["a", "c"] and where.startswith("app = ")
 

@@ -6,8 +6,11 @@ store; reads and app/widget writes use a pool, so a search never waits for a bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections import Counter
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,23 +19,21 @@ import asyncpg
 import orjson
 
 from app.errors import NotStored, StoreError
-from app.query import (
-    POSTGRES,
-    RANGE_COLUMNS,
-    compile_search,
-    compile_where,
-    search_result,
-    stored_record,
-)
+from app.query import POSTGRES, RANGE_COLUMNS, Statement, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
 from app.store.batching import GroupCommit
+from app.store.search import Fetch, SearchCounts
 
 log = logging.getLogger(__name__)
 
 _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
+)
+_COUNT = (
+    "INSERT INTO channel_counts (app, channel, records) VALUES ($1, $2, $3) "
+    "ON CONFLICT (app, channel) DO UPDATE SET records = channel_counts.records + excluded.records"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -101,6 +102,7 @@ class PostgresStore(Store):
             self._write_batch, "postgres-commits", commit_interval_ms / 1000, on_commit)
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Pool | None = None
+        self._counts = SearchCounts(POSTGRES)
 
     async def open(self) -> None:
         try:
@@ -211,8 +213,11 @@ class PostgresStore(Store):
         """One transaction for the batch on the committer's own connection."""
         if self._writer is None:
             raise StoreError("store is not open")
+        # Channels in one order, so two nodes raising the same counts never deadlock.
+        counts = sorted(Counter((row[0], row[1]) for row in rows).items())
         async with self._writer.acquire() as db, db.transaction():
             await db.executemany(_INSERT, rows)
+            await db.executemany(_COUNT, [(*key, n) for key, n in counts])
 
     async def last_seq(self, app: str, channel: str) -> int:
         rows = await self._fetch(
@@ -231,11 +236,21 @@ class PostgresStore(Store):
         return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
-        compiled = compile_search(app, channel, query, POSTGRES)
-        counted = await self._fetch(compiled.count_sql, *compiled.count_params)
-        total = int(counted[0][0]) if counted else 0
-        rows = await self._fetch(compiled.sql, *compiled.params)
-        return search_result(compiled, total, rows)
+        try:
+            async with self._snapshot() as fetch:
+                return await self._counts.search(fetch, app, channel, query)
+        except _DRIVER_ERRORS as error:
+            raise StoreError(f"PostgreSQL: {error}") from None
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Fetch]:
+        """One repeatable-read transaction: its statements see one snapshot."""
+        async with self._db.acquire() as db, db.transaction(isolation="repeatable_read",
+                                                            readonly=True):
+            async def fetch(statement: Statement) -> list[Any]:
+                return list(await db.fetch(statement.sql, *statement.params))
+
+            yield fetch
 
     # widgets ----------------------------------------------------------------------------------
 

@@ -1,11 +1,15 @@
-"""The embedded store: one SQLite file in WAL mode, one writer connection doing group commit, and
-a separate reader connection so a search never waits for a batch.
+"""The embedded store: one SQLite file in WAL mode, one writer connection doing group commit, a
+reader connection so reads never wait for a batch, and a search connection whose snapshots (one
+read transaction per search) never hold back the other reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,16 +18,21 @@ import aiosqlite
 import orjson
 
 from app.errors import StoreError
-from app.query import RANGE_COLUMNS, compile_search, compile_where, search_result, stored_record
+from app.query import RANGE_COLUMNS, SQLITE, Statement, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget
 from app.store.batching import GroupCommit
+from app.store.search import Fetch, SearchCounts
 
 log = logging.getLogger(__name__)
 
 _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COUNT = (
+    "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
+    "ON CONFLICT (app, channel) DO UPDATE SET records = channel_counts.records + excluded.records"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -57,6 +66,9 @@ class SqliteStore(Store):
             self._write_batch, "sqlite-commits", commit_interval_ms / 1000, on_commit)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._searcher: aiosqlite.Connection | None = None
+        self._searching = asyncio.Lock()
+        self._counts = SearchCounts(SQLITE)
 
     async def open(self) -> None:
         if self._path != ":memory:":
@@ -67,9 +79,14 @@ class SqliteStore(Store):
         await self._writer.execute("PRAGMA journal_mode=WAL")
         await self._writer.execute("PRAGMA synchronous=NORMAL")
         await self._migrate(self._writer)
-        self._reader = await aiosqlite.connect(self._path, isolation_level=None)
-        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader = await self._connect()
+        self._searcher = await self._connect()
         self._commits.start()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self._path, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         """Apply pending migrations, each in its own transaction. Processes starting together
@@ -95,10 +112,10 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         await self._commits.close()
-        for db in (self._reader, self._writer):
+        for db in (self._searcher, self._reader, self._writer):
             if db is not None:
                 await db.close()
-        self._reader = self._writer = None
+        self._searcher = self._reader = self._writer = None
 
     @property
     def _db(self) -> aiosqlite.Connection:
@@ -162,6 +179,8 @@ class SqliteStore(Store):
         try:
             await db.execute("BEGIN")
             await db.executemany(_INSERT, rows)
+            counts = Counter((row[0], row[1]) for row in rows)
+            await db.executemany(_COUNT, [(*key, n) for key, n in sorted(counts.items())])
             await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(aiosqlite.Error):
@@ -187,14 +206,26 @@ class SqliteStore(Store):
         return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
-        compiled = compile_search(app, channel, query)
-        db = self._read_db
-        async with db.execute(compiled.count_sql, compiled.count_params) as cursor:
-            row = await cursor.fetchone()
-        total = int(row[0]) if row else 0
-        async with db.execute(compiled.sql, compiled.params) as cursor:
-            rows = await cursor.fetchall()
-        return search_result(compiled, total, rows)
+        async with self._snapshot() as fetch:
+            return await self._counts.search(fetch, app, channel, query)
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Fetch]:
+        """One read transaction on the search connection: its statements see one snapshot."""
+        if self._searcher is None:
+            raise StoreError("store is not open")
+        db = self._searcher
+
+        async def fetch(statement: Statement) -> list[Any]:
+            async with db.execute(statement.sql, statement.params) as cursor:
+                return list(await cursor.fetchall())
+
+        async with self._searching:
+            await db.execute("BEGIN")
+            try:
+                yield fetch
+            finally:
+                await db.execute("COMMIT")
 
     # widgets ----------------------------------------------------------------------------------
 

@@ -290,3 +290,63 @@ async def test_close_flushes_pending_appends_and_reports_commits(store_url: str)
         assert [r.data for r in await reopened.read_range("demo", "c", 0, 10)] == [1, 2, 3]
     finally:
         await reopened.close()
+
+
+def _votes(count: int) -> list[dict[str, Any]]:
+    """Scores alternate 60 and 40 (only 60 passes the seed QUERY); `liked` cycles through true,
+    false and missing."""
+    return [{"score": 60 if i % 2 == 0 else 40, **({} if i % 3 == 2 else {"liked": i % 3 == 0})}
+            for i in range(count)]
+
+
+def _expected(datas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed QUERY's groupBy answer, counted here: groups by count descending, then value."""
+    liked = [d.get("liked") for d in datas if d["score"] > 55]
+    rank = {None: 0, False: 1, True: 2}  # SQLite's order: null, then false (0), then true (1)
+    values = sorted(set(liked), key=lambda v: (-liked.count(v), rank[v]))
+    return {"total": len(liked),
+            "groups": [{"value": v, "count": liked.count(v)} for v in values][:10]}
+
+
+async def test_repeated_searches_count_records_added_since(store: Store) -> None:
+    """A search repeated after more appends answers as a first search would, its total and
+    groups including the new records, also one whose seq is below what was counted before."""
+    channel = f"ch{next(_channels)}"
+    datas = _votes(30)
+    records = make_records(channel, datas)
+    late = records.pop(6)  # seq 7 arrives after seqs up to 20 were searched
+    for record in records[:19]:
+        await store.append_record(record)
+    stored = [r.data for r in records[:19]]
+    assert await search(store, channel, SEED_QUERY) == _expected(stored)
+    items = await search(store, channel, {**SEED_QUERY, "groupBy": None})
+    assert items["total"] == _expected(stored)["total"]
+
+    for batch in (records[19:], [late]):
+        for record in batch:
+            await store.append_record(record)
+        stored += [r.data for r in batch]
+        assert await search(store, channel, SEED_QUERY) == _expected(stored)
+        items = await search(store, channel, {**SEED_QUERY, "groupBy": None})
+        assert items["total"] == _expected(stored)["total"]
+    assert _expected(stored) == _expected(datas)
+    other = await search(store, channel, {**SEED_QUERY, "filters": SEED_QUERY["filters"][:1]})
+    assert other["total"] == 30
+
+
+async def test_group_by_with_more_groups_than_are_kept(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A groupBy with more distinct values than a search keeps is paged and totalled exactly,
+    before and after more appends."""
+    monkeypatch.setattr("app.store.search.MAX_GROUPS", 3)
+    channel = f"ch{next(_channels)}"
+    records = make_records(channel, [{"n": i % 5} for i in range(13)])
+    for record in records[:10]:
+        await store.append_record(record)
+    query = {"groupBy": "data.n", "offset": 1, "limit": 2}
+    assert await search(store, channel, query) == {
+        "total": 10, "groups": [{"value": 1, "count": 2}, {"value": 2, "count": 2}]}
+    for record in records[10:]:
+        await store.append_record(record)
+    assert await search(store, channel, query) == {
+        "total": 13, "groups": [{"value": 1, "count": 3}, {"value": 2, "count": 3}]}

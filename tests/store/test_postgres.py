@@ -31,7 +31,7 @@ async def test_migrations_apply_once_and_are_recorded(postgres_url: str) -> None
         rows = await db.fetch("SELECT version FROM schema_migrations ORDER BY version")
     finally:
         await db.close()
-    assert [row[0] for row in rows] == [1, 2]
+    assert [row[0] for row in rows] == [1, 2, 3]
 
 
 async def test_nul_characters_are_refused_alone(postgres_url: str) -> None:
