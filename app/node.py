@@ -88,7 +88,7 @@ class Node:
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
-        self._committing: dict[ChannelKey, asyncio.Task[None]] = {}  # last persistent append
+        self._committing: dict[ChannelKey, asyncio.Future[None]] = {}  # last persistent append
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
@@ -324,7 +324,7 @@ class Node:
         await self.broker.publish(record)
 
     async def _commit(self, record: Record) -> None:
-        commit = asyncio.ensure_future(self.store.append_record(record))
+        commit = self.store.append_record(record)
         self._committing[record.key] = commit
         try:
             await commit

@@ -5,6 +5,7 @@ Two implementations: `sqlite` (embedded, the default) and `postgres` (shared by 
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +45,9 @@ class Store(ABC):
     """Where persistent records, apps and saved widgets live.
 
     Guarantees every implementation keeps:
-    - `append_record` returns only once the record is committed (durable against a process crash);
-      records appended on one node commit in the order they were appended. On failure it raises
-      `NotStored` and the record is absent.
+    - `append_record`'s future is done only once the record is committed (durable against a
+      process crash); records appended on one node commit in the order they were appended. On
+      failure the future raises `NotStored` and the record is absent.
     - Reads (`search_records`, `read_range`) see every record whose append has returned and never
       block the event loop; they do not wait for a pending batch.
     - Records are only ever added, never changed.
@@ -88,8 +89,9 @@ class Store(ABC):
         """Every app, oldest first."""
 
     @abstractmethod
-    async def append_record(self, record: Record) -> None:
-        """Commit one record, batched with others appended meanwhile (group commit)."""
+    def append_record(self, record: Record) -> asyncio.Future[None]:
+        """Queue one record for commit, batched with others appended meanwhile (group commit);
+        the future is done once it is committed."""
 
     @abstractmethod
     async def last_seq(self, app: str, channel: str) -> int:

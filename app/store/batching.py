@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from app.errors import NotStored
+from app.records import Record
 from app.store.base import CommitObserver
 
 log = logging.getLogger(__name__)
@@ -17,13 +18,15 @@ Row = TypeVar("Row")
 
 
 class GroupCommit(Generic[Row]):
-    """One task writes everything pending with `write(rows)` (one transaction). Appenders wait
-    for their batch; on failure the whole batch is `NotStored`. `close` commits what is pending
-    first, so no appender is left waiting."""
+    """One task writes everything pending with `write(rows)` (one transaction). Appenders get a
+    future for their batch; on failure the whole batch is `NotStored`. `close` commits what is
+    pending first, so no appender is left waiting."""
 
-    def __init__(self, write: Callable[[list[Row]], Awaitable[None]], name: str,
-                 interval_s: float = 0.0, on_commit: CommitObserver | None = None) -> None:
+    def __init__(self, write: Callable[[list[Row]], Awaitable[None]],
+                 to_row: Callable[[Record], Row], name: str, interval_s: float = 0.0,
+                 on_commit: CommitObserver | None = None) -> None:
         self._write = write
+        self._to_row = to_row
         self._name = name
         self._interval = interval_s
         self._on_commit = on_commit
@@ -36,14 +39,22 @@ class GroupCommit(Generic[Row]):
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=self._name)
 
-    async def append(self, row: Row) -> None:
-        """Return once `row` is committed; raise `NotStored` if it could not be."""
-        if self._task is None or self._task.done() or self._closing:
-            raise NotStored("the store is not accepting records")
+    def append(self, record: Record) -> asyncio.Future[None]:
+        """Queue `record` for the next commit. The future is done once it is committed, or fails
+        with `NotStored` (at once when the record cannot be stored or the store is closing).
+        A future, not a coroutine: a publisher waits without a task of its own."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._task is None or self._task.done() or self._closing:
+            future.set_exception(NotStored("the store is not accepting records"))
+            return future
+        try:
+            row = self._to_row(record)
+        except NotStored as error:
+            future.set_exception(error)
+            return future
         self._pending.append((row, future))
         self._wakeup.set()
-        await future
+        return future
 
     async def close(self) -> None:
         if self._task is None:

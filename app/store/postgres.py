@@ -6,6 +6,7 @@ store; reads and app/widget writes use a pool, so a search never waits for a bat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -99,7 +100,7 @@ class PostgresStore(Store):
                  on_commit: CommitObserver | None = None) -> None:
         self._url = url
         self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._write_batch, "postgres-commits", commit_interval_ms / 1000, on_commit)
+            self._write_batch, _row, "postgres-commits", commit_interval_ms / 1000, on_commit)
         self._pool: asyncpg.Pool | None = None
         self._writer: asyncpg.Pool | None = None
         self._counts = SearchCounts(POSTGRES)
@@ -206,8 +207,8 @@ class PostgresStore(Store):
 
     # records ----------------------------------------------------------------------------------
 
-    async def append_record(self, record: Record) -> None:
-        await self._commits.append(_row(record))
+    def append_record(self, record: Record) -> asyncio.Future[None]:
+        return self._commits.append(record)
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
         """One transaction for the batch on the committer's own connection."""

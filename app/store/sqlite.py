@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -29,10 +28,6 @@ log = logging.getLogger(__name__)
 _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_COUNT = (
-    "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
-    "ON CONFLICT (app, channel) DO UPDATE SET records = channel_counts.records + excluded.records"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -63,7 +58,7 @@ class SqliteStore(Store):
                  on_commit: CommitObserver | None = None) -> None:
         self._path = path
         self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._write_batch, "sqlite-commits", commit_interval_ms / 1000, on_commit)
+            self._write_batch, _row, "sqlite-commits", commit_interval_ms / 1000, on_commit)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._searcher: aiosqlite.Connection | None = None
@@ -170,17 +165,16 @@ class SqliteStore(Store):
 
     # records ----------------------------------------------------------------------------------
 
-    async def append_record(self, record: Record) -> None:
-        await self._commits.append(_row(record))
+    def append_record(self, record: Record) -> asyncio.Future[None]:
+        return self._commits.append(record)
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """One transaction for the batch; rolled back whole if any row fails."""
+        """One transaction for the batch (the trigger of migration 0003 counts it in the same
+        one); rolled back whole if any row fails."""
         db = self._db
         try:
             await db.execute("BEGIN")
             await db.executemany(_INSERT, rows)
-            counts = Counter((row[0], row[1]) for row in rows)
-            await db.executemany(_COUNT, [(*key, n) for key, n in sorted(counts.items())])
             await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(aiosqlite.Error):

@@ -279,7 +279,7 @@ async def test_close_flushes_pending_appends_and_reports_commits(store_url: str)
     opened = create_store(store_url, commit_interval_ms=50,
                           on_commit=lambda size, seconds: commits.append(size))
     await opened.open()
-    appends = [asyncio.create_task(opened.append_record(r)) for r in make_records("c", [1, 2, 3])]
+    appends = [opened.append_record(r) for r in make_records("c", [1, 2, 3])]
     await asyncio.sleep(0)  # queued, not yet committed: the committer waits 50 ms
     await opened.close()
     await asyncio.gather(*appends)
