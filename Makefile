@@ -44,7 +44,7 @@ tests/sdk/node_modules: tests/sdk/package.json
 test: lint system-deps tests/sdk/node_modules
 	$(BIN)/pytest -q
 
-bench: $(VENV)/.test
+bench: $(VENV)/.test system-deps
 	cd bench/peers && npm install --no-audit --no-fund --silent
 	$(BIN)/python bench/fanout.py
 

@@ -1,21 +1,29 @@
-"""Fan-out benchmark: c8ws against the framework floor (bench/floor_app.py), same load, same box;
-then persistent vs non-persistent publishing on c8ws, and search latency over 1,000,000 records.
+"""Fan-out benchmark: c8ws against the framework floor (bench/floor_app.py) and two Node peers
+(the `ws` package's plain broadcast and socket.io 4 rooms, bench/peers/), same load, same box;
+c8ws on the memory broker vs the redis broker with one and two workers; persistent vs
+non-persistent publishing on SQLite and PostgreSQL; memory per idle connection; and search
+latency over 1,000,000 records.
 
 Why a floor: raw numbers depend on the box; the ratio to the plainest relay one can write on the
 same stack (Quart + Hypercorn, a queue and a writer task per connection) shows what c8ws's own
-features cost, or save, per delivered frame.
+features cost, or save, per delivered frame. The Node peers show what the same relay costs on
+stacks known to be fast.
 
-For each server: start it pinned to CPU 0, run the Node load generator (bench/peers/loadgen.js)
-pinned to CPU 1 for each scenario, sample the server's CPU time and RSS from /proc at the
-generator's start/stop marks, stop the server. The persistent-publishing scenarios run on c8ws
-only, and the records each stored are counted in its SQLite file. Then bench/search.py times
-the seed QUERY (pinned to CPU 0, no server running), and c8ws is profiled in the largest fan-out
-with bench/profile_server.py (`--no-profile` skips it). Finally bench/RESULTS.md is written and
-the tables printed. Run from the repo root: `.venv/bin/python bench/fanout.py` (`--duration 3`
-for a quick look).
+For each server configuration: start the engines it needs (bench/engines.py: a redis-server, a
+PostgreSQL cluster made by initdb, each in a temporary directory on 127.0.0.1), start the server
+pinned to CPU 0 (the two-worker configuration and its redis-server may use both CPUs), run the
+Node load generator (bench/peers/loadgen.js) pinned to CPU 1 for each scenario, sample the
+server's processes' CPU time and RSS from /proc at the generator's start/stop marks, stop the
+server and its engines. The persistent-publishing scenarios run on c8ws with each store, and the
+records each stored are counted in the store. Then bench/search.py times the seed QUERY (pinned
+to CPU 0, no server running), and c8ws is profiled in the largest fan-out with
+bench/profile_server.py (`--no-profile` skips it). Finally bench/RESULTS.md is written and the
+tables printed. Run from the repo root: `.venv/bin/python bench/fanout.py` (`--duration 3` for a
+quick look, `--servers c8ws,ws` for some servers only).
 
-Modules: servers.py (processes, /proc sampling), runs.py (scenarios, generator and search
-runs), profiling.py (the sampled run and its section), tables.py and report.py (RESULTS.md).
+Modules: servers.py (configurations, processes, /proc sampling), engines.py (redis-server and
+PostgreSQL), runs.py (scenarios, generator and search runs), profiling.py (the sampled run and
+its section), tables.py and report.py (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +118,7 @@ def profile_only(args: argparse.Namespace, pins: Pins, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    began = time.monotonic()
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     check_setup(servers)
     pins = pin_plan()
@@ -118,20 +128,26 @@ def main(argv: list[str] | None = None) -> None:
     section: str | None = None
     results: list[RunResult] = []
     searches: list[dict[str, Any]] = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="c8ws-bench-") as tmp:
         if args.profile_only:
             profile_only(args, pins, Path(tmp))
             return
         for name in servers:
             print(f"{name}:", flush=True)
-            results += run_server(SERVERS[name], scenarios(args), pins, Path(tmp),
-                                  dict(args.env))
+            try:
+                results += run_server(SERVERS[name], scenarios(args), pins, Path(tmp),
+                                      dict(args.env), failures)
+            except RuntimeError as error:  # the server or its engine did not start
+                print(f"  FAILED: {error}", flush=True)
+                failures.append(f"{name}: {str(error)[:300]}")
         if args.search_rows > 0:
             print(f"search: {args.search_rows:,} records ...", flush=True)
             searches = run_search(args.search_rows, args.search_runs, pins[0])
         if args.profile and "c8ws" in servers:
             section = run_profile(args, pins, Path(tmp))
-    generated = report(results, searches, args, pins, idle_load)
+    generated = report(results, searches, args, pins, idle_load, failures,
+                       time.monotonic() - began)
     print()
     print(generated)
     if not args.no_write:

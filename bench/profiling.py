@@ -51,7 +51,7 @@ def profile_c8ws(scenario: Scenario, pins: Pins, workdir: Path,
     """Run `scenario` on c8ws, sampling the server's CPU during the measured phase only."""
     out = workdir / "profile.txt"
     spec = ServerSpec("c8ws", profiled_c8ws_argv(out))
-    with running_server(spec, pins[0], workdir, extra_env) as server:
+    with running_server(spec, pins, workdir, extra_env) as server:
         signals = {"mark:start": signal.SIGUSR1, "mark:stop": signal.SIGUSR2}
         result = run_scenario(server, scenario, pins[1],
                               on_mark=lambda mark: server.process.send_signal(signals[mark]))

@@ -1,14 +1,18 @@
-"""The markdown tables of RESULTS.md: fan-out (c8ws vs floor), persistent vs non-persistent
-publishing, search latency; and the list of problems seen during the runs."""
+"""The markdown tables of RESULTS.md: fan-out (c8ws vs the floor and the Node peers, and the
+ratios between them), c8ws on the memory vs the redis broker, persistent vs non-persistent
+publishing on SQLite and PostgreSQL, memory per idle connection, search latency; and the list of
+problems seen during the runs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from runs import RunResult
+from runs import BROKERS, PEERS, STORES, RunResult
 from servers import RELEASE_TIMEOUT, SERVERS
 
 LINGER_NOTE = 10  # sockets still open 1 s after a run worth a note
+GENERATOR_BOUND_PCT = 90.0  # generator CPU % from which the generator, not the server, limits
+GENERATOR_MARK = "†"
 PERSIST_TARGET = 0.7  # persistent publishes/s at least this share of non-persistent
 SEARCH_TARGETS_MS = {"search seed": 20.0, "search seed+groupBy": 300.0}  # p99
 
@@ -37,52 +41,130 @@ def cpu_cells(r: RunResult) -> str:
             f"{fmt(r.gen['generator_cpu_pct'])} | {fmt(r.other_cpu_pct)}")
 
 
-# --- fan-out: c8ws vs floor ---------------------------------------------------------------------
+def generator_bound(r: RunResult) -> bool:
+    return float(r.gen.get("generator_cpu_pct", 0)) >= GENERATOR_BOUND_PCT
 
 
-def floor_of(result: RunResult, results: list[RunResult]) -> RunResult | None:
-    """The floor's run of the same scenario, for c8ws rows."""
-    if result.server != "c8ws":
-        return None
-    return next((r for r in results if r.server == "floor" and r.scenario == result.scenario),
+def deliveries_cell(r: RunResult) -> str:
+    """Deliveries/s, marked when the one generator process was (nearly) saturated."""
+    return fmt(r.deliveries_per_s) + (f" {GENERATOR_MARK}" if generator_bound(r) else "")
+
+
+def rss_cell(r: RunResult) -> str:
+    return f"{fmt(r.memory.get('VmRSS'))} ({fmt(r.memory.get('VmHWM'))})"
+
+
+def sorted_runs(runs: list[RunResult]) -> list[RunResult]:
+    """In scenario order, then in the order of SERVERS."""
+    names = list(dict.fromkeys(r.scenario.name for r in runs))
+    order = {name: i for i, name in enumerate(SERVERS)}
+    return sorted(runs, key=lambda r: (names.index(r.scenario.name), order[r.server]))
+
+
+def run_of(result: RunResult, results: list[RunResult], server: str) -> RunResult | None:
+    """`server`'s run of the same scenario."""
+    return next((r for r in results if r.server == server and r.scenario == result.scenario),
                 None)
 
 
+def ratio(ours: float | None, theirs: float | None) -> str:
+    return "-" if not ours or not theirs else f"{ours / theirs:.2f}x"
+
+
+# --- fan-out: c8ws vs the floor and the peers -----------------------------------------------
+
+
 def ratio_cell(result: RunResult, results: list[RunResult]) -> str:
-    floor = floor_of(result, results)
-    if floor is None or not floor.deliveries_per_s:
-        return "" if result.server != "c8ws" else "-"
-    return f"{result.deliveries_per_s / floor.deliveries_per_s:.2f}x"
+    if result.server != "c8ws":
+        return ""
+    floor = run_of(result, results, "floor")
+    return ratio(result.deliveries_per_s, floor.deliveries_per_s if floor else None)
 
 
 def cpu_ratio_cell(result: RunResult, results: list[RunResult]) -> str:
     """Deliveries per server CPU second, c8ws / floor: less sensitive to a busy machine."""
-    floor = floor_of(result, results)
-    ours = result.cpu_us_per_delivery
-    if floor is None or floor.cpu_us_per_delivery is None or not ours:
-        return "" if result.server != "c8ws" else "-"
-    return f"{floor.cpu_us_per_delivery / ours:.2f}x"
+    if result.server != "c8ws":
+        return ""
+    floor = run_of(result, results, "floor")
+    return ratio(floor.cpu_us_per_delivery if floor else None, result.cpu_us_per_delivery)
 
 
 def table(results: list[RunResult]) -> str:
-    """One row per fan-out scenario and server, c8ws first, in scenario order."""
+    """One row per fan-out scenario and server (c8ws, the floor, the peers), in scenario
+    order."""
     head = ("| scenario | server | deliveries/s | c8ws / floor | c8ws / floor per CPU s "
             "| msgs/s published | p50 ms "
             "| p99 ms | lost | out of order | server CPU µs/delivery | server CPU % (kernel share) "
             "| generator CPU % | other CPU % | server RSS MiB (peak) |")
     rows = [head, "| " + " | ".join(["---"] * 2 + ["---:"] * 13) + " |"]
-    fanout = [r for r in results if r.scenario.kind == "fanout"]
-    names = list(dict.fromkeys(r.scenario.name for r in fanout))
-    order = {name: i for i, name in enumerate(SERVERS)}
-    for r in sorted(fanout, key=lambda r: (names.index(r.scenario.name), order[r.server])):
+    fanout = [r for r in results if r.scenario.kind == "fanout" and r.server in PEERS]
+    for r in sorted_runs(fanout):
         gen = r.gen
-        rss = f"{fmt(r.memory.get('VmRSS'))} ({fmt(r.memory.get('VmHWM'))})"
         rows.append(
-            f"| {r.scenario.name} | {r.server} | {fmt(r.deliveries_per_s)} | "
+            f"| {r.scenario.name} | {r.server} | {deliveries_cell(r)} | "
             f"{ratio_cell(r, results)} | {cpu_ratio_cell(r, results)} | "
             f"{fmt(gen['messages_per_s'])} | "
             f"{fmt_ms(gen['p50_ms'])} | {fmt_ms(gen['p99_ms'])} | {loss_cell(gen)} | "
-            f"{gen['out_of_order']} | {fmt(r.cpu_us_per_delivery, 1)} | {cpu_cells(r)} | {rss} |"
+            f"{gen['out_of_order']} | {fmt(r.cpu_us_per_delivery, 1)} | {cpu_cells(r)} | "
+            f"{rss_cell(r)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def ratio_table(results: list[RunResult]) -> str:
+    """Per fan-out scenario, c8ws against each other server: deliveries/s, deliveries per
+    server CPU second, and p99 (c8ws / other: above 1x c8ws delivers more, or waits longer)."""
+    head = ("| scenario | vs | c8ws deliveries/s / theirs | per server CPU s, c8ws / theirs "
+            "| c8ws p99 ms | their p99 ms | c8ws p99 / their p99 |")
+    rows = [head, "| --- | --- | " + " | ".join(["---:"] * 5) + " |"]
+    ours = [r for r in results if r.scenario.kind == "fanout" and r.server == "c8ws"]
+    for r in sorted_runs(ours):
+        for other in PEERS[1:]:
+            theirs = run_of(r, results, other)
+            if theirs is None:
+                continue
+            mark = f" {GENERATOR_MARK}" if generator_bound(r) or generator_bound(theirs) else ""
+            rows.append(
+                f"| {r.scenario.name} | {other} | "
+                f"{ratio(r.deliveries_per_s, theirs.deliveries_per_s)}{mark} | "
+                f"{ratio(theirs.cpu_us_per_delivery, r.cpu_us_per_delivery)} | "
+                f"{fmt_ms(r.gen['p99_ms'])} | {fmt_ms(theirs.gen['p99_ms'])} | "
+                f"{ratio(r.gen['p99_ms'], theirs.gen['p99_ms'])} |"
+            )
+    return "\n".join(rows) + "\n"
+
+
+# --- c8ws on the memory vs the redis broker -------------------------------------------------
+
+
+def broker_table(results: list[RunResult], placement: dict[str, str]) -> str:
+    """c8ws on the memory broker (its run in the fan-out table), then on redis with one and with
+    two workers, per scenario that ran on redis; `placement` says where each one ran."""
+    head = ("| scenario | server | broker, workers | where it ran | deliveries/s "
+            "| vs memory, 1 worker | per server CPU s vs memory | p50 ms | p99 ms | lost "
+            "| out of order | server CPU µs/delivery (all processes) | server CPU % "
+            "| redis-server CPU % | generator CPU % | other CPU % | server RSS MiB (peak) |")
+    rows = [head, "| " + " | ".join(["---"] * 4 + ["---:"] * 13) + " |"]
+    on_redis = {r.scenario.name for r in results if r.server in BROKERS}
+    runs = [r for r in results if r.scenario.kind == "fanout" and r.scenario.name in on_redis
+            and r.server in ("c8ws", *BROKERS)]
+    for r in sorted_runs(runs):
+        memory = run_of(r, results, "c8ws")
+        spec = SERVERS[r.server]
+        broker = "redis" if "redis" in spec.engines else "memory"
+        first = r.server == "c8ws"
+        versus = "" if first or memory is None else ratio(r.deliveries_per_s,
+                                                           memory.deliveries_per_s)
+        per_cpu = "" if first or memory is None else ratio(memory.cpu_us_per_delivery,
+                                                            r.cpu_us_per_delivery)
+        rows.append(
+            f"| {r.scenario.name} | {r.server} | {broker}, {spec.workers} | "
+            f"{placement[r.server]} | {deliveries_cell(r)} | "
+            f"{versus} | {per_cpu} | "
+            f"{fmt_ms(r.gen['p50_ms'])} | {fmt_ms(r.gen['p99_ms'])} | {loss_cell(r.gen)} | "
+            f"{r.gen['out_of_order']} | {fmt(r.cpu_us_per_delivery, 1)} | "
+            f"{fmt(r.server_cpu_pct)} | {'-' if first else fmt(r.engine_cpu_pct)} | "
+            f"{fmt(r.gen['generator_cpu_pct'])} | {fmt(r.other_cpu_pct)} | {rss_cell(r)} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -91,7 +173,7 @@ def table(results: list[RunResult]) -> str:
 
 
 def plain_of(result: RunResult, results: list[RunResult]) -> RunResult | None:
-    """The non-persistent run of the same shape, for a persistent row."""
+    """The non-persistent run of the same shape on the same server, for a persistent row."""
     return next((r for r in results if r.scenario.kind == "persist" and not r.scenario.persistent
                  and r.scenario.name == result.scenario.name and r.server == result.server),
                 None)
@@ -116,27 +198,66 @@ def stored_cell(r: RunResult) -> str:
     return f"{r.stored:,} of {sent:,} ({verdict})"
 
 
+def store_name(server: str) -> str:
+    return "PostgreSQL" if "postgres" in SERVERS[server].engines else "SQLite"
+
+
 def persist_table(results: list[RunResult]) -> str:
-    """Per shape, the non-persistent run then the persistent one, with their ratio."""
-    head = ("| channels x subscribers | window per channel | publisher URL | publishes/s "
-            f"| persistent / non-persistent (target ≥ {PERSIST_TARGET:g}x) | deliveries/s "
+    """Per shape and store, the non-persistent run then the persistent one, with their ratio
+    and, for PostgreSQL's persistent rows, the ratio to SQLite's."""
+    head = ("| channels x subscribers | store | window per channel | publisher URL | publishes/s "
+            f"| persistent / non-persistent (target ≥ {PERSIST_TARGET:g}x) "
+            "| PostgreSQL / SQLite, persistent | deliveries/s "
             "| p50 ms | p99 ms | lost | stored in `records` of published "
-            "| server CPU µs/publish | server CPU % (kernel share) | generator CPU % "
-            "| other CPU % |")
-    rows = [head, "| " + " | ".join(["---"] * 3 + ["---:"] * 11) + " |"]
+            "| server CPU µs/publish | server CPU % (kernel share) | PostgreSQL CPU % "
+            "| generator CPU % | other CPU % |")
+    rows = [head, "| " + " | ".join(["---"] * 4 + ["---:"] * 13) + " |"]
     persist = [r for r in results if r.scenario.kind == "persist"]
-    for r in sorted(persist, key=lambda r: (persist.index(plain_of(r, results) or r),
+    shapes = list(dict.fromkeys(r.scenario.name for r in persist))
+    order = {name: i for i, name in enumerate(STORES)}
+    for r in sorted(persist, key=lambda r: (shapes.index(r.scenario.name), order[r.server],
                                             r.scenario.persistent)):
-        ratio = persist_ratio(r, results)
-        ratio_text = ("" if not r.scenario.persistent else "-" if ratio is None else
-                      f"{ratio:.2f}x ({'met' if ratio >= PERSIST_TARGET else '**not met**'})")
+        share = persist_ratio(r, results)
+        share_text = ("" if not r.scenario.persistent else "-" if share is None else
+                      f"{share:.2f}x ({'met' if share >= PERSIST_TARGET else '**not met**'})")
+        sqlite = next((o for o in persist if o.server == "c8ws" and o.scenario == r.scenario),
+                      None)
+        versus = (ratio(r.publishes_per_s, sqlite.publishes_per_s if sqlite else None)
+                  if r.scenario.persistent and r.server != "c8ws" else "")
+        postgres = store_name(r.server) == "PostgreSQL"
         gen = r.gen
         rows.append(
-            f"| {r.scenario.name} | {r.scenario.args['window']} | "
+            f"| {r.scenario.name} | {store_name(r.server)} | {r.scenario.args['window']} | "
             f"{'`persistent=1`' if r.scenario.persistent else 'plain'} | "
-            f"{fmt(r.publishes_per_s)} | {ratio_text} | {fmt(r.deliveries_per_s)} | "
+            f"{fmt(r.publishes_per_s)} | {share_text} | {versus} | "
+            f"{fmt(r.deliveries_per_s)} | "
             f"{fmt_ms(gen['p50_ms'])} | {fmt_ms(gen['p99_ms'])} | {loss_cell(gen)} | "
-            f"{stored_cell(r)} | {fmt(r.cpu_us_per_publish, 1)} | {cpu_cells(r)} |"
+            f"{stored_cell(r)} | {fmt(r.cpu_us_per_publish, 1)} | "
+            f"{fmt(r.server_cpu_pct)} ({fmt(r.server_sys_pct)}) | "
+            f"{fmt(r.engine_cpu_pct) if postgres else '-'} | "
+            f"{fmt(r.gen['generator_cpu_pct'])} | {fmt(r.other_cpu_pct)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+# --- memory per idle connection -------------------------------------------------------------
+
+
+def idle_table(results: list[RunResult]) -> str:
+    """One row per server: its memory before and after the idle connections, per connection."""
+    head = ("| server | connections held | connect time s | connects/s | RSS before MiB "
+            "| RSS with them MiB | KiB per idle connection | c8ws / this |")
+    rows = [head, "| --- | " + " | ".join(["---:"] * 7) + " |"]
+    idle = sorted_runs([r for r in results if r.scenario.kind == "idle"])
+    ours = next((r.kib_per_connection for r in idle if r.server == "c8ws"), None)
+    for r in idle:
+        gen = r.gen
+        held = int(gen.get("open_at_end", gen.get("connections", 0)))
+        rows.append(
+            f"| {r.server} | {held:,} | {fmt(gen.get('connect_seconds'), 1)} | "
+            f"{fmt(gen.get('connects_per_s'))} | {fmt(r.rss_start_mib)} | {fmt(r.rss_stop_mib)} | "
+            f"{fmt(r.kib_per_connection, 1)} | "
+            f"{'' if r.server == 'c8ws' else ratio(ours, r.kib_per_connection)} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -195,6 +316,10 @@ def problems_markdown(results: list[RunResult]) -> str:
     notes: list[str] = []
     for r in results:
         where = f"{r.server}, {r.scenario.name}"
+        if r.scenario.kind == "idle" and int(r.gen.get("open_at_end", 0)) != int(
+                r.gen.get("connections", 0)):
+            notes.append(f"- {where}: only {r.gen.get('open_at_end')} of "
+                         f"{r.gen.get('connections')} connections were still open at the end")
         if r.scenario.kind == "persist":
             where += " persistent" if r.scenario.persistent else " non-persistent"
         notes += [f"- {where}: {note}" for note in run_notes(r)]

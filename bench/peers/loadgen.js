@@ -9,6 +9,14 @@
 //           out to).
 //   rate    C channels (default 100) x S subscribers, one publisher per channel, R msgs/s offered
 //           in total, sent in timer-driven batches; reports publish-to-deliver latency.
+//   idle    CONNECTIONS peers spread over C channels (default 100) that only connect and wait,
+//           for the server's memory per idle connection: "mark:start" comes before the first
+//           connect, "mark:stop" after the last one plus SETTLE + DURATION seconds.
+//
+// --protocol piesocket (default): plain WebSocket, one URL per channel (URL/CHANNEL?api_key=...);
+//   the servers relay a text frame to every other member of its channel (c8ws, the floor, ws).
+// --protocol socketio: socket.io-client 4 on its WebSocket transport (URL is the http:// base),
+//   the channel in the handshake query; a message is a `message` event with the same text.
 //
 // --persistent adds `persistent=1` to the publishers' URLs (not the subscribers'), so the server
 // stores every published message before delivering it.
@@ -20,6 +28,7 @@
 
 const { performance } = require('node:perf_hooks');
 const WebSocket = require('ws');
+const { io } = require('socket.io-client');
 
 const MESSAGE_BYTES = 100;
 const CONNECT_BATCH = 50; // connections opened concurrently, to stay below the listen backlog
@@ -27,10 +36,12 @@ const CONNECT_BATCH = 50; // connections opened concurrently, to stay below the 
 function parseArgs(argv) {
   const opts = {
     mode: 'fanout',
+    protocol: 'piesocket',
     url: 'ws://127.0.0.1:8000/v3',
     apiKey: 'demo',
     subscribers: 100,
-    channels: 0, // 0: the mode's default (fanout 1, rate 100)
+    channels: 0, // 0: the mode's default (fanout 1, rate and idle 100)
+    connections: 10000, // idle mode
     rate: 2000,
     duration: 10,
     window: 200,
@@ -56,7 +67,10 @@ function parseArgs(argv) {
     if (!(key in opts)) throw new Error(`unknown option ${arg}`);
     opts[key] = typeof opts[key] === 'number' ? Number(value) : value;
   }
-  if (opts.channels <= 0) opts.channels = opts.mode === 'rate' ? 100 : 1;
+  if (opts.channels <= 0) opts.channels = opts.mode === 'fanout' ? 1 : 100;
+  if (!['piesocket', 'socketio'].includes(opts.protocol)) {
+    throw new Error(`unknown protocol ${opts.protocol}`);
+  }
   return opts;
 }
 
@@ -105,9 +119,54 @@ function makeMessage(channel, seq) {
 const closes = {};
 let counting = true;
 
-function connect(url, opts) {
+// A peer of either protocol: send(text), isOpen(), onMessage(fn(data)), terminate().
+class WsPeer {
+  constructor(ws) {
+    this.ws = ws;
+  }
+
+  send(text) {
+    this.ws.send(text);
+  }
+
+  isOpen() {
+    return this.ws.readyState === WebSocket.OPEN;
+  }
+
+  onMessage(fn) {
+    this.ws.on('message', fn);
+  }
+
+  terminate() {
+    this.ws.terminate();
+  }
+}
+
+class SocketIoPeer {
+  constructor(socket) {
+    this.socket = socket;
+  }
+
+  send(text) {
+    this.socket.emit('message', text);
+  }
+
+  isOpen() {
+    return this.socket.connected;
+  }
+
+  onMessage(fn) {
+    this.socket.on('message', fn);
+  }
+
+  terminate() {
+    this.socket.disconnect();
+  }
+}
+
+function connectWs(target, opts) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { perMessageDeflate: opts.deflate });
+    const ws = new WebSocket(target.url, { perMessageDeflate: opts.deflate });
     ws.on('close', (code) => {
       if (counting) closes[code] = (closes[code] || 0) + 1;
     });
@@ -118,7 +177,7 @@ function connect(url, opts) {
     }, opts.connectTimeout * 1000);
     ws.once('open', () => {
       clearTimeout(timer);
-      resolve(ws);
+      resolve(new WsPeer(ws));
     });
     ws.once('error', (err) => {
       clearTimeout(timer);
@@ -127,34 +186,65 @@ function connect(url, opts) {
   });
 }
 
-async function connectAll(urls, opts) {
-  const sockets = [];
-  for (let i = 0; i < urls.length; i += CONNECT_BATCH) {
-    const batch = urls.slice(i, i + CONNECT_BATCH).map((url) => connect(url, opts));
-    sockets.push(...(await Promise.all(batch)));
-  }
-  return sockets;
+// forceNew: one engine.io connection per peer, as a browser tab would have (by default
+// socket.io-client multiplexes every socket to the same URL over one connection).
+function connectSocketIo(target, opts) {
+  return new Promise((resolve, reject) => {
+    const socket = io(target.url, {
+      transports: ['websocket'],
+      forceNew: true,
+      reconnection: false,
+      perMessageDeflate: opts.deflate,
+      timeout: opts.connectTimeout * 1000,
+      query: { channel: target.channel },
+    });
+    socket.on('disconnect', (reason) => {
+      if (counting) closes[reason] = (closes[reason] || 0) + 1;
+    });
+    socket.once('connect', () => resolve(new SocketIoPeer(socket)));
+    socket.once('connect_error', (err) => {
+      socket.close();
+      reject(err);
+    });
+  });
 }
 
-function channelUrl(opts, channel) {
-  return `${opts.url}/${opts.channelPrefix}-${channel}?api_key=${opts.apiKey}`;
+function connect(target, opts) {
+  return opts.protocol === 'socketio' ? connectSocketIo(target, opts) : connectWs(target, opts);
+}
+
+async function connectAll(targets, opts) {
+  const peers = [];
+  for (let i = 0; i < targets.length; i += CONNECT_BATCH) {
+    const batch = targets.slice(i, i + CONNECT_BATCH).map((target) => connect(target, opts));
+    peers.push(...(await Promise.all(batch)));
+  }
+  return peers;
+}
+
+// Where a subscriber of `channel` connects: {url, channel}.
+function channelTarget(opts, channel) {
+  const name = `${opts.channelPrefix}-${channel}`;
+  if (opts.protocol === 'socketio') return { url: opts.url, channel: name };
+  return { url: `${opts.url}/${name}?api_key=${opts.apiKey}`, channel: name };
 }
 
 // Publishers ask the server to store what they send when --persistent is given.
-function publisherUrl(opts, channel) {
-  return channelUrl(opts, channel) + (opts.persistent ? '&persistent=1' : '');
+function publisherTarget(opts, channel) {
+  const target = channelTarget(opts, channel);
+  return opts.persistent ? { ...target, url: `${target.url}&persistent=1` } : target;
 }
 
 // One receiving peer: counts deliveries, checks order, feeds the shared latency histogram.
 class Subscriber {
-  constructor(ws, stats) {
-    this.ws = ws;
+  constructor(peer, stats) {
+    this.peer = peer;
     this.received = 0;
     this.lastSeq = 0;
     this.outOfOrder = 0;
     this.gaps = 0;
     this.onDelivery = null;
-    ws.on('message', (data) => this.receive(data, stats));
+    peer.onMessage((data) => this.receive(data, stats));
   }
 
   receive(data, stats) {
@@ -236,12 +326,12 @@ function cpuPercent(usage, seconds) {
 
 async function runFanout(opts) {
   const channels = Array.from({ length: opts.channels }, (_, c) => c);
-  const urls = channels.flatMap((c) => Array(opts.subscribers).fill(channelUrl(opts, c)));
-  const subSockets = await connectAll(urls, opts);
+  const targets = channels.flatMap((c) => Array(opts.subscribers).fill(channelTarget(opts, c)));
+  const subSockets = await connectAll(targets, opts);
   const stats = newStats();
-  const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
+  const subscribers = subSockets.map((peer) => new Subscriber(peer, stats));
   await sleep(opts.settle * 1000);
-  const publishers = await connectAll(channels.map((c) => publisherUrl(opts, c)), opts);
+  const publishers = await connectAll(channels.map((c) => publisherTarget(opts, c)), opts);
   await sleep(100);
 
   // Per channel: its publisher keeps at most WINDOW messages ahead of its last subscriber.
@@ -251,8 +341,7 @@ async function runFanout(opts) {
     const publisher = publishers[c];
     const designated = subscribers[(c + 1) * opts.subscribers - 1];
     const pump = () => {
-      while (running && publisher.readyState === WebSocket.OPEN
-             && sent[c] - designated.received < opts.window) {
+      while (running && publisher.isOpen() && sent[c] - designated.received < opts.window) {
         sent[c] += 1;
         publisher.send(makeMessage(c, sent[c]));
       }
@@ -278,6 +367,7 @@ async function runFanout(opts) {
 
   const result = {
     mode: 'fanout',
+    protocol: opts.protocol,
     channels: opts.channels,
     subscribers: subscribers.length,
     window: opts.window,
@@ -304,15 +394,15 @@ async function runFanout(opts) {
 }
 
 async function runRate(opts) {
-  const urls = [];
+  const targets = [];
   for (let c = 0; c < opts.channels; c += 1) {
-    for (let s = 0; s < opts.subscribers; s += 1) urls.push(channelUrl(opts, c));
+    for (let s = 0; s < opts.subscribers; s += 1) targets.push(channelTarget(opts, c));
   }
-  const subSockets = await connectAll(urls, opts);
+  const subSockets = await connectAll(targets, opts);
   const stats = newStats();
-  const subscribers = subSockets.map((ws) => new Subscriber(ws, stats));
-  const channelUrls = Array.from({ length: opts.channels }, (_, c) => publisherUrl(opts, c));
-  const publishers = await connectAll(channelUrls, opts);
+  const subscribers = subSockets.map((peer) => new Subscriber(peer, stats));
+  const publisherTargets = Array.from({ length: opts.channels }, (_, c) => publisherTarget(opts, c));
+  const publishers = await connectAll(publisherTargets, opts);
   await sleep(opts.settle * 1000);
 
   const seqs = new Array(opts.channels).fill(0);
@@ -349,6 +439,7 @@ async function runRate(opts) {
 
   const result = {
     mode: 'rate',
+    protocol: opts.protocol,
     channels: opts.channels,
     subscribers_per_channel: opts.subscribers,
     offered_per_s: opts.rate,
@@ -373,9 +464,57 @@ async function runRate(opts) {
   return result;
 }
 
-function closeAll(sockets) {
+// Idle connections: what the server holds per connection that does nothing.
+async function runIdle(opts) {
+  const targets = Array.from({ length: opts.connections },
+    (_, i) => channelTarget(opts, i % opts.channels));
+  process.stderr.write('mark:start\n');
+  await sleep(200); // the harness samples the server's memory before the first connect
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const peers = await connectAll(targets, opts);
+  const connectSeconds = (performance.now() - t0) / 1000;
+  let foreign = 0;
+  for (const peer of peers) peer.onMessage(() => { foreign += 1; });
+  await sleep((opts.settle + opts.duration) * 1000);
+  const cpu = process.cpuUsage(cpu0);
+  const seconds = (performance.now() - t0) / 1000;
+  const open = peers.filter((peer) => peer.isOpen()).length;
+  process.stderr.write('mark:stop\n');
+  await sleep(200); // ...and again while every connection is still open
+  const result = {
+    mode: 'idle',
+    protocol: opts.protocol,
+    channels: opts.channels,
+    connections: peers.length,
+    open_at_end: open,
+    connect_seconds: connectSeconds,
+    connects_per_s: peers.length / connectSeconds,
+    sent: 0,
+    expected: 0,
+    delivered: 0,
+    lost: 0,
+    drained: true,
+    seconds,
+    messages_per_s: 0,
+    deliveries_per_s: 0,
+    p50_ms: null,
+    p99_ms: null,
+    max_ms: null,
+    out_of_order: 0,
+    gaps: 0,
+    foreign_frames: foreign,
+    closes_by_code: { ...closes },
+    generator_cpu_s: (cpu.user + cpu.system) / 1e6,
+    generator_cpu_pct: cpuPercent(cpu, seconds),
+  };
+  closeAll(peers);
+  return result;
+}
+
+function closeAll(peers) {
   counting = false;
-  for (const ws of sockets) ws.terminate();
+  for (const peer of peers) peer.terminate();
 }
 
 async function main() {
@@ -386,7 +525,8 @@ async function main() {
     process.stderr.write('loadgen: overall deadline passed, giving up\n');
     process.exit(3);
   }, limit).unref();
-  const run = opts.mode === 'rate' ? runRate : runFanout;
+  const run = { fanout: runFanout, rate: runRate, idle: runIdle }[opts.mode];
+  if (run === undefined) throw new Error(`unknown mode ${opts.mode}`);
   const result = await run(opts);
   process.stdout.write(`${JSON.stringify(result)}\n`);
   process.exit(0);
