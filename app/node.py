@@ -15,14 +15,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.broker.base import Broker
+from app.broker.base import Broker, PresenceChange, PresenceEvent, PresenceMember
 from app.config import Settings
 from app.errors import CloseCode, Refusal
 from app.hub import Hub
 from app.limits import Limits, limits_for
 from app.member import Member, Outgoing
 from app.metrics import NodeStats
-from app.presence import PresenceMember, PresenceTracker
 from app.protocol import (
     Dialect,
     RecordFrames,
@@ -83,7 +82,7 @@ class Node:
         self._background: set[asyncio.Task[None]] = set()
         self.stats = NodeStats()
         self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
-        self.presence = PresenceTracker(settings.presence_grace, self._announce_left)
+        self.presence = broker.presence(settings.presence_grace, self._announce)
         self._signin_tokens: dict[str, str] = {}
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
@@ -91,7 +90,7 @@ class Node:
         self._committing: dict[ChannelKey, asyncio.Future[None]] = {}  # last persistent append
 
     async def start(self) -> None:
-        await self.broker.start(self._deliver)
+        await self.broker.start(self._deliver, self._last_stored)
         self._counts_task = asyncio.create_task(self._push_counts(), name="connection-counts")
 
     async def drain(self) -> None:
@@ -172,8 +171,9 @@ class Node:
     def _member_ref(self, member: Member) -> str:
         return f"{self.id}:{member.local_id}"
 
-    async def join(self, member: Member) -> int:
-        """Add a member to its channel (subscribing the node for the first); returns the count."""
+    async def join(self, member: Member) -> tuple[int, list[PresenceMember]]:
+        """Add a member to its channel (subscribing the node for the first); returns the count
+        and the presence roster."""
         key = member.key
         first = self.hub.add_member(member)
         if first:
@@ -191,12 +191,9 @@ class Node:
                 await self.broker.unsubscribe(key)
             raise
         member.on_close = self._leave_soon
-        joined = self.presence.join(key, member.uuid, member.user)
-        if joined is not None:
-            frame = Outgoing(member_event_frame("member_joined", joined, self.presence.roster(key)))
-            self.hub.send_to(key, frame, lambda m: m is not member and _wants_presence(m))
+        roster = await self.presence.join(key, self._member_ref(member), member.uuid, member.user)
         self._dirty_counts.add(key)
-        return count
+        return count, roster
 
     async def leave(self, member: Member) -> None:
         """The member's socket is done: forget it."""
@@ -214,7 +211,7 @@ class Node:
         removed, last = self.hub.remove_member(member)
         if not removed:
             return
-        self.presence.leave(key, member.uuid)
+        await self.presence.leave(key, self._member_ref(member))
         self._dirty_counts.add(key)
         await self.broker.remove_connection(key, self._member_ref(member))
         if last:
@@ -226,10 +223,13 @@ class Node:
         self.channel_messages.pop(key, None)
         _decrement(self._channels_per_app, key[0])
 
-    def _announce_left(self, key: ChannelKey, member: PresenceMember,
-                       roster: list[PresenceMember]) -> None:
-        frame = Outgoing(member_event_frame("member_left", member, roster))
-        self.hub.send_to(key, frame, _wants_presence)
+    def _announce(self, event: PresenceEvent) -> None:
+        """A presence change anywhere in the cluster, for this node's presence members; a joiner
+        gets the member list instead of its own join."""
+        frame = Outgoing(member_event_frame(
+            event.change.value, event.member.public(), [m.public() for m in event.members]))
+        joined = event.member.uuid if event.change is PresenceChange.JOINED else None
+        self.hub.send_to(event.key, frame, lambda m: _wants_presence(m) and m.uuid != joined)
 
     def _leave_soon(self, member: Member) -> None:
         """A member asked to close leaves its channel at once, not when its socket is done."""
@@ -246,6 +246,9 @@ class Node:
         """The channel's epoch and latest seq, for the welcome frame."""
         await self._seed(key)
         return self.broker.epoch(key), await self.broker.last_seq(key)
+
+    async def _last_stored(self, key: ChannelKey) -> int:
+        return await self.store.last_seq(*key)
 
     async def _seed(self, key: ChannelKey) -> None:
         """Start the channel's seq above what the store holds (once per process and channel)."""
@@ -346,13 +349,20 @@ class Node:
     ) -> list[RecordFrames] | None:
         """Every record after `since`, in order and without gaps, from this node's history and
         the store; None when the gap cannot be filled (other epoch, history too short)."""
+        stored_only = since  # records up to here are taken from the store alone
         if epoch is not None and epoch != self.broker.epoch(key):
-            return None
+            # An epoch the current one took over from (the broker lost the channel) resumes
+            # through stored records up to the takeover: this node's history may hold either
+            # epoch's records there.
+            base = self.broker.takeover(key, epoch)
+            if base is None or since > base:
+                return None
+            stored_only = base
         limit = self.settings.history_size
         history = self._history.get(key)
         if history is None:
             return None
-        found = {r.seq: r for r in history.records if r.seq > since}
+        found = {r.seq: r for r in history.records if r.seq > stored_only}
         for record in await self.store.read_range(key[0], key[1], since, limit + 1):
             if record.seq not in found:
                 found[record.seq] = encode_record(record)

@@ -15,7 +15,7 @@ from marshmallow import ValidationError
 from quart import Blueprint, current_app, websocket
 
 from app.auth import verify_token
-from app.broker.base import BrokerError
+from app.broker.base import BrokerError, PresenceMember
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
 from app.limits import TokenBucket
 from app.member import ASGISend, Member, MemberState, Outgoing
@@ -129,13 +129,14 @@ async def serve(dialect: Dialect, channel: str) -> None:
         await refuse(refusal)
         return
     try:
-        connections = await node.join(member)
+        connections, roster = await node.join(member)
     except BaseException:
         await node.leave(member)  # uncount it; a broker failure is not the client's fault
         raise
     writer: asyncio.Task[None] | None = None
     try:
-        await queue_first_frames(node, member, connections, params["since"], params["epoch"])
+        await queue_first_frames(node, member, connections, roster, params["since"],
+                                 params["epoch"])
         await websocket.accept()
         send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
@@ -158,7 +159,8 @@ async def serve(dialect: Dialect, channel: str) -> None:
 
 
 async def queue_first_frames(
-    node: Node, member: Member, connections: int, since: int | None, epoch: str | None
+    node: Node, member: Member, connections: int, roster: list[PresenceMember],
+    since: int | None, epoch: str | None,
 ) -> None:
     """The welcome (c8), then on a resume every record after `since` and a `recovered` frame,
     all ahead of live records, which are de-duplicated against them."""
@@ -170,7 +172,7 @@ async def queue_first_frames(
             member.client_id, member.key[1], channel_epoch, seq, connections,
             member.limits.max_frame_bytes)))
     if member.presence and not c8:
-        frames.append(Outgoing(member_list_frame(node.presence.roster(member.key))))
+        frames.append(Outgoing(member_list_frame([m.public() for m in roster])))
     after = 0
     if since is not None:
         records = await node.recover(member.key, since, epoch)

@@ -1,5 +1,6 @@
-"""The Broker seam: how a record published on one node reaches every node with members in its
-channel, and where channel-wide facts (positions, connection counts) are kept.
+"""The Broker and Presence seams: how a record published on one node reaches every node with
+members in its channel, and where channel-wide facts (positions, connection counts, who is
+present) are kept.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from app.records import ChannelKey, Record
 
@@ -16,6 +19,9 @@ log = logging.getLogger(__name__)
 
 RecordHandler = Callable[[Record], None]
 """The node's handler: called at most once per record per subscribed node, in `seq` order."""
+
+LastStored = Callable[[ChannelKey], Awaitable[int]]
+"""The store's last `seq` of a channel (0 if none): where a lost position starts again."""
 
 REORDER_WINDOW = 0.1
 """Seconds a record ahead of a missing one is held back before the missing one is given up."""
@@ -60,6 +66,9 @@ class Broker(ABC):
     - `seq` is assigned in one place for the whole cluster, strictly increasing per channel.
     - Connection counts are cluster-wide; a node that dies without cleaning up stops being
       counted after a bounded time (the memory broker has one node, so it never needs to).
+    - Positions survive the engine losing them (a Redis restarted without persistence): the
+      channel starts a new epoch whose seqs continue above the store's last one and every seq
+      this node saw, and `takeover` says from where clients of the old epoch can still resume.
     - The handler is called from the event loop and must not block.
     Failures of the engine raise `BrokerError`; so do `publish` and `subscribe` before `start` or
     after `close`, while `unsubscribe` and `remove_connection` after `close` do nothing (`close`
@@ -67,8 +76,9 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    async def start(self, handler: RecordHandler) -> None:
-        """Connect, and call `handler` for each record of a subscribed channel from now on."""
+    async def start(self, handler: RecordHandler, last_stored: LastStored) -> None:
+        """Connect, and call `handler` for each record of a subscribed channel from now on.
+        `last_stored` is asked only when the engine lost a channel's position."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -83,6 +93,15 @@ class Broker(ABC):
         channel first, as the node's seeding does; before that an implementation that keeps the
         epoch in its engine raises `BrokerError`.
         """
+
+    @abstractmethod
+    def takeover(self, key: ChannelKey, epoch: str) -> int | None:
+        """When the channel's current epoch replaced `epoch` after the engine lost the channel,
+        the seq it started above: every seq of `epoch` that a node delivered is at or below it,
+        so a client of `epoch` that saw up to that seq can resume from stored records. None when
+        the current epoch did not take over from `epoch` (or nothing is known of it).
+
+        Synchronous like `epoch`: it reads what this node learnt."""
 
     @abstractmethod
     async def raise_seq(self, key: ChannelKey, at_least: int) -> None:
@@ -125,6 +144,74 @@ class Broker(ABC):
     async def count_connections(self, key: ChannelKey) -> int:
         """The channel's connections across the live nodes of the cluster."""
 
+    @abstractmethod
+    def presence(self, grace: float, handler: PresenceHandler) -> Presence:
+        """This broker's presence (one per broker): it uses the broker's engine, delivers its
+        events to `handler` on every node subscribed to the channel, and closes with it."""
+
+
+class PresenceChange(enum.Enum):
+    """What happened to a presence member; the values are PieSocket's event names."""
+
+    JOINED = "member_joined"
+    LEFT = "member_left"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMember:
+    """One uuid in a channel's roster, with the user of its first connection."""
+
+    uuid: str
+    user: str | None
+
+    def public(self) -> dict[str, Any]:
+        """`{"uuid": …, "user": …}`, as PieSocket clients read it."""
+        return {"uuid": self.uuid, "user": self.user}
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A member joined or left a channel; `members` is the roster right after, in join order."""
+
+    key: ChannelKey
+    change: PresenceChange
+    member: PresenceMember
+    members: tuple[PresenceMember, ...]
+
+
+PresenceHandler = Callable[[PresenceEvent], None]
+"""The node's presence handler: called on every node subscribed to the event's channel."""
+
+
+class Presence(ABC):
+    """Who is in each channel across the cluster, keyed by the member's uuid.
+
+    Guarantees every implementation keeps:
+    - A uuid is in a channel's roster while any node has a connection of it there, and for
+      `grace` seconds after its last one closed: a reconnect within the grace period (to any
+      node) is neither a leave nor a join. Rosters list uuids in the order they joined.
+    - A uuid new to the roster causes one `JOINED` event, its leaving one `LEFT` event; each is
+      delivered at most once to the handler of every node subscribed to the channel (the
+      origin included), through the broker, and carries the roster right after the change.
+    - A node that dies without cleaning up stops counting within the broker's heartbeat TTL;
+      its uuids that have no other connection then leave (the memory presence has one node).
+    - When the engine is unreachable `join` raises `BrokerError`, while `leave` never raises:
+      this node's own connections are what it restores to the engine once it is back. Events
+      due meanwhile may be lost; the next event of the channel carries the whole roster again.
+    """
+
+    @abstractmethod
+    async def join(self, key: ChannelKey, member_id: str, uuid: str,
+                   user: str | None) -> list[PresenceMember]:
+        """Count connection `member_id` (once) as one of `uuid` in the channel; returns the
+        roster, `uuid` included (a joiner's member list). A uuid new to the channel is
+        announced."""
+
+    @abstractmethod
+    async def leave(self, key: ChannelKey, member_id: str) -> None:
+        """Stop counting a connection this node joined (unknown ids are ignored); a uuid with no
+        connection left in the cluster leaves once the grace period is over."""
+
 
 class ChannelOrder:
     """One subscribed channel on one node: hands records to the handler in strictly increasing
@@ -148,20 +235,23 @@ class ChannelOrder:
         self._timer: asyncio.TimerHandle | None = None
         self.dropped = 0  # records that turned up after their seq was given up
 
-    def begin(self, last_seq: int) -> None:
+    def begin(self, last_seq: int | None) -> None:
         """Start delivering after `last_seq`, the channel's position when the subscription began;
-        records at or below it that were held meanwhile are dropped."""
-        self._next = last_seq + 1
+        records at or below it that were held meanwhile are dropped. None: from the lowest
+        record held or to come."""
+        self._next = None if last_seq is None else last_seq + 1
         self._ready = True
-        for seq in [seq for seq in self._held if seq <= last_seq]:
-            del self._held[seq]
+        if last_seq is not None:
+            for seq in [seq for seq in self._held if seq <= last_seq]:
+                del self._held[seq]
         self._drain()
 
     def resync(self) -> None:
-        """The subscription was re-established (the engine restarted): positions may have been
-        reset, so continue from the lowest record that comes next."""
+        """The subscription was re-established (the engine restarted): deliver what is held,
+        then hold again until `begin` (positions may have been reset meanwhile)."""
         self._give_up_gap()
         self._next = None
+        self._ready = False
 
     def push(self, record: Record) -> None:
         if self._next is not None and record.seq < self._next:

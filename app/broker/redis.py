@@ -1,13 +1,6 @@
-"""The Redis broker: many nodes (Hypercorn workers or hosts) share channel positions, records and
-connection counts through one Redis server (not Redis Cluster: the scripts touch keys they
-compute).
-
-Layout, everything under the key prefix (default `c8ws:`), a channel written as
-`<len(app)>:<app>:<channel>` so no two channels share a key:
-- `seq:<channel>` the channel's last reserved seq (INCR); `epoch:<channel>` its generation.
-- `records:<channel>` the pub/sub channel its records cross as JSON.
-- `node:<node>` this node's heartbeat, expiring after `heartbeat_ttl`.
-- `nodes:<channel>` the nodes with members there; `members:<node>:<channel>` their member ids.
+"""The Redis broker: many nodes (Hypercorn workers or hosts) share channel positions, records,
+connection counts and presence through one Redis server (not Redis Cluster: the scripts touch
+keys they compute). The key layout and the scripts are in `app.broker.redis_engine`.
 """
 
 from __future__ import annotations
@@ -35,8 +28,13 @@ from app.broker.base import (
     BrokerError,
     BrokerState,
     ChannelOrder,
+    LastStored,
+    Presence,
+    PresenceHandler,
     RecordHandler,
 )
+from app.broker.redis_engine import CONNECTIONS, POSITION, Keys, channel_tag, engine_errors
+from app.broker.redis_presence import RedisPresence, decode_event
 from app.records import ChannelKey, Record
 
 log = logging.getLogger(__name__)
@@ -47,51 +45,11 @@ HEARTBEAT_TTL = 10.0
 ENGINE_TIMEOUT = 5.0
 """Seconds to wait for Redis to answer (a command, or a subscription's confirmation)."""
 
+RECONNECT_CAP = 0.5
+"""Longest pause, in seconds, between two attempts of the pub/sub reader to reconnect: records
+published before it is back are missed by this node, so it keeps trying often."""
+
 _FIELDS = tuple(field.name for field in dataclasses.fields(Record))
-
-# KEYS: seq, epoch. ARGV: at_least, a fresh epoch. Returns the channel's epoch.
-_RAISE_SEQ = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('SET', KEYS[2], ARGV[2], 'NX')
-return redis.call('GET', KEYS[2])
-"""
-
-# KEYS: seq, epoch. ARGV: the highest seq this node knows of, a fresh epoch. Returns {seq, epoch}.
-# No epoch means Redis lost the channel (a restart without persistence): start a new generation,
-# and continue above every seq this node has seen so seqs never repeat.
-_NEXT_SEQ = """
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-  redis.call('SET', KEYS[2], ARGV[2])
-end
-return {redis.call('INCR', KEYS[1]), redis.call('GET', KEYS[2])}
-"""
-
-# KEYS: nodes:<channel>. ARGV: 'add' | 'remove' | 'count', node, member, `members:` prefix,
-# `:<channel>` suffix, `node:` prefix. Returns the members of live nodes; forgets dead nodes.
-_CONNECTIONS = """
-local nodes, op, node, member = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local members, suffix, beats = ARGV[4], ARGV[5], ARGV[6]
-if op == 'add' then
-  redis.call('SADD', members .. node .. suffix, member)
-  redis.call('SADD', nodes, node)
-elseif op == 'remove' then
-  redis.call('SREM', members .. node .. suffix, member)
-  if redis.call('SCARD', members .. node .. suffix) == 0 then redis.call('SREM', nodes, node) end
-end
-local total = 0
-for _, each in ipairs(redis.call('SMEMBERS', nodes)) do
-  if redis.call('EXISTS', beats .. each) == 1 then
-    total = total + redis.call('SCARD', members .. each .. suffix)
-  else
-    redis.call('DEL', members .. each .. suffix)
-    redis.call('SREM', nodes, each)
-  end
-end
-return total
-"""
 
 
 def encode_record(record: Record) -> bytes:
@@ -105,17 +63,11 @@ def encode_record(record: Record) -> bytes:
         raise BrokerError(f"record {record.seq} of {record.key} is not JSON: {error}") from error
 
 
-def decode_record(payload: bytes) -> Record:
-    """The Record `encode_record` was given, every field equal."""
-    fields = orjson.loads(payload)
+def decode_record(fields: dict[str, Any]) -> Record:
+    """The Record `encode_record` was given (parsed from its JSON), every field equal."""
     if fields["binary"] is not None:
         fields["binary"] = base64.b64decode(fields["binary"])
     return Record(**fields)
-
-
-def _channel_tag(key: ChannelKey) -> str:
-    app, channel = key
-    return f"{len(app)}:{app}:{channel}"
 
 
 @dataclasses.dataclass
@@ -124,16 +76,28 @@ class _Subscription:
     order: ChannelOrder
 
 
+@dataclasses.dataclass(frozen=True)
+class _Takeover:
+    """What this node learnt of how the channel's current epoch began."""
+
+    base: int
+    prev: str
+
+
 class RedisBroker(Broker):
     """One command connection pool and one pub/sub connection per node; the pub/sub connection
     subscribes only to channels this node has members in.
 
     Counts heal themselves: each node refreshes its heartbeat every `heartbeat_ttl / 3`, counting
     skips (and deletes) the members of nodes whose heartbeat expired, and a node that finds its
-    own heartbeat gone (Redis restarted, or it stalled) registers its members again. After a
-    dropped connection the pub/sub reader reconnects and subscribes again; records published
-    meanwhile are missed (at most once). A dead node's member set in a channel is deleted the
-    next time any node counts that channel.
+    own heartbeat gone (Redis restarted, or it stalled) registers its members again.
+
+    After a dropped connection the pub/sub reader reconnects and subscribes again; records
+    published meanwhile are missed by this node (at most once), and a client that reconnects with
+    `since` gets them back from the store. Each channel it subscribes again holds its records
+    until this node has settled the channel's position with what it saw (see `POSITION` in
+    `app.broker.redis_engine`): a Redis that came back empty gets positions above every seq the
+    nodes delivered, and the node learns the epoch its next records belong to.
     """
 
     def __init__(
@@ -153,29 +117,33 @@ class RedisBroker(Broker):
             socket_keepalive=True,
         )
         self.node_id = secrets.token_hex(6)
-        self._prefix = prefix
+        self._keys = Keys(prefix, self.node_id)
         self._ttl_ms = max(1, round(heartbeat_ttl * 1000))
         self._beat_every = heartbeat_ttl / 3
         self._window = reorder_window
         self._state = BrokerState.NEW
         self._handler: RecordHandler | None = None
+        self._last_stored: LastStored | None = None
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._settling: set[asyncio.Task[None]] = set()
         self._subscriptions: dict[bytes, _Subscription] = {}  # by pub/sub channel name
         self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._epochs: dict[ChannelKey, str] = {}
+        self._takeovers: dict[ChannelKey, _Takeover] = {}
         self._floors: dict[ChannelKey, int] = {}  # the highest seq seen per channel
         self._members: dict[ChannelKey, set[str]] = {}  # this node's counted members
-        self._raise_seq = self._redis.register_script(_RAISE_SEQ)
-        self._next_seq = self._redis.register_script(_NEXT_SEQ)
-        self._connections = self._redis.register_script(_CONNECTIONS)
+        self._position = self._redis.register_script(POSITION)
+        self._connections = self._redis.register_script(CONNECTIONS)
+        self._presence: RedisPresence | None = None
+        self._presence_handler: PresenceHandler | None = None
 
     # lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self, handler: RecordHandler) -> None:
+    async def start(self, handler: RecordHandler, last_stored: LastStored) -> None:
         self._state.require(BrokerState.NEW, "start")
         try:
-            await self._redis.set(self._beat_key, b"1", px=self._ttl_ms)
+            await self._redis.set(self._keys.beat, b"1", px=self._ttl_ms)
             pubsub = self._redis.pubsub()
             await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         except (RedisError, OSError) as error:
@@ -184,6 +152,7 @@ class RedisBroker(Broker):
             raise BrokerError(f"cannot reach Redis: {error}") from error
         self._pubsub = pubsub
         self._handler = handler
+        self._last_stored = last_stored
         self._state = BrokerState.STARTED
         self._tasks = [
             asyncio.create_task(self._read(pubsub), name="redis-broker-reader"),
@@ -196,11 +165,15 @@ class RedisBroker(Broker):
         started = self._state is BrokerState.STARTED
         self._state = BrokerState.CLOSED
         self._handler = None
-        for task in self._tasks:
+        self._presence_handler = None
+        tasks = [*self._tasks, *self._settling]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._presence is not None:
+            self._presence.close()
         for subscription in self._subscriptions.values():
             subscription.order.close()
         self._subscriptions.clear()
@@ -220,10 +193,12 @@ class RedisBroker(Broker):
     async def _forget_node(self) -> None:
         """A clean exit: stop counting this node's members now, not when its heartbeat expires."""
         async with self._redis.pipeline(transaction=False) as pipe:
+            if self._presence is not None:
+                await self._presence.forget(pipe)
             for key in self._members:
-                pipe.delete(self._members_key(self.node_id, key))
-                pipe.srem(self._key("nodes", key), self.node_id)
-            pipe.delete(self._beat_key)
+                pipe.delete(self._keys.per_node("members", key))
+                pipe.srem(self._keys.of("nodes", key), self.node_id)
+            pipe.delete(self._keys.beat)
             await pipe.execute()
         self._members.clear()
 
@@ -235,29 +210,58 @@ class RedisBroker(Broker):
             raise BrokerError(f"the epoch of {key} is not known yet: call raise_seq first")
         return epoch
 
+    def takeover(self, key: ChannelKey, epoch: str) -> int | None:
+        takeover = self._takeovers.get(key)
+        if takeover is None or not takeover.prev or takeover.prev != epoch:
+            return None
+        return takeover.base
+
     async def raise_seq(self, key: ChannelKey, at_least: int) -> None:
-        with self._engine("raise a seq"):
-            epoch = await self._raise_seq(
-                keys=[self._key("seq", key), self._key("epoch", key)],
-                args=[at_least, secrets.token_hex(6)],
-            )
-        self._epochs[key] = epoch.decode()
-        self._see(key, at_least)
+        # `at_least` is the store's last seq, so a missing position may be made from it directly.
+        await self._settle(key, at_least, create=True)
 
     async def last_seq(self, key: ChannelKey) -> int:
         with self._engine("read a seq"):
-            value = await self._redis.get(self._key("seq", key))
-        return int(value or 0)
+            position: list[Any] = await self._redis.hmget(
+                self._keys.of("pos", key), ["seq", "epoch", "base", "prev"])
+        if position[0] is None:
+            return 0
+        self._learn(key, position)
+        return int(position[0])
 
     async def next_seq(self, key: ChannelKey) -> int:
-        with self._engine("reserve a seq"):
-            seq, epoch = await self._next_seq(
-                keys=[self._key("seq", key), self._key("epoch", key)],
-                args=[self._floors.get(key, 0), secrets.token_hex(6)],
-            )
+        return await self._settle(key, 0, reserve=True)
+
+    async def _settle(self, key: ChannelKey, at_least: int, *, create: bool = False,
+                      reserve: bool = False) -> int:
+        """Run `POSITION` with what this node saw; a position Redis lost is made again above the
+        store's last seq too. Returns the channel's seq afterwards."""
+        with self._engine("settle a position"):
+            position = await self._run_position(key, at_least, create, reserve)
+            if position is None:
+                assert self._last_stored is not None
+                stored = await self._last_stored(key)
+                position = await self._run_position(key, max(at_least, stored), True, reserve)
+                assert position is not None  # made when missing
+        self._learn(key, position)
+        return int(position[0])
+
+    async def _run_position(self, key: ChannelKey, at_least: int, create: bool,
+                            reserve: bool) -> list[bytes] | None:
+        top = max(at_least, self._floors.get(key, 0))
+        result: list[bytes] | None = await self._position(
+            keys=[self._keys.of("pos", key)],
+            args=[top, self._epochs.get(key, ""), secrets.token_hex(6), int(create),
+                  int(reserve)],
+        )
+        return result
+
+    def _learn(self, key: ChannelKey, position: list[bytes]) -> None:
+        """Remember the channel's position as Redis answered it: seq, epoch, base, prev."""
+        seq, epoch, base, prev = position
         self._epochs[key] = epoch.decode()
-        self._see(key, seq)
-        return int(seq)
+        self._takeovers[key] = _Takeover(int(base), prev.decode())
+        self._see(key, int(seq))
 
     def _see(self, key: ChannelKey, seq: int) -> None:
         if self._floors.get(key, 0) < seq:
@@ -268,10 +272,10 @@ class RedisBroker(Broker):
     async def publish(self, record: Record) -> None:
         payload = encode_record(record)
         with self._engine("publish"):
-            await self._redis.publish(self._key("records", record.key), payload)
+            await self._redis.publish(self._keys.of("records", record.key), payload)
 
     async def subscribe(self, key: ChannelKey) -> None:
-        name = self._key("records", key).encode()
+        name = self._keys.of("records", key).encode()
         with self._engine("subscribe"):
             if name in self._subscriptions:
                 return
@@ -285,8 +289,7 @@ class RedisBroker(Broker):
                 # Read the position only once Redis confirms: every seq reserved after this read
                 # is published after the subscription, so it reaches this node.
                 await asyncio.wait_for(asyncio.shield(confirmed), ENGINE_TIMEOUT)
-                last, epoch = await self._redis.mget(
-                    [self._key("seq", key), self._key("epoch", key)])
+                last = await self._settle(key, 0)
             except BaseException:
                 self._drop_waiter(name, confirmed)
                 if self._subscriptions.get(name) is subscription:
@@ -295,13 +298,11 @@ class RedisBroker(Broker):
                     with contextlib.suppress(RedisError, OSError):
                         await self._pubsub.unsubscribe(name)
                 raise
-        if isinstance(epoch, bytes):
-            self._epochs[key] = epoch.decode()
         if self._subscriptions.get(name) is subscription:  # not unsubscribed meanwhile
-            subscription.order.begin(int(last or 0))
+            subscription.order.begin(last)
 
     async def unsubscribe(self, key: ChannelKey) -> None:
-        name = self._key("records", key).encode()
+        name = self._keys.of("records", key).encode()
         subscription = self._subscriptions.pop(name, None)
         if subscription is None or self._state is not BrokerState.STARTED:
             return
@@ -316,8 +317,9 @@ class RedisBroker(Broker):
             self._handler(record)
 
     async def _read(self, pubsub: PubSub) -> None:
-        """The pub/sub reader: records to their channel's order, confirmations to subscribers.
-        A lost connection is retried with backoff; redis-py subscribes again on reconnect."""
+        """The pub/sub reader: records to their channel's order, presence events to the node,
+        confirmations to subscribers. A lost connection is retried with a short backoff;
+        redis-py subscribes again on reconnect."""
         delay = 0.05
         while True:
             try:
@@ -325,7 +327,7 @@ class RedisBroker(Broker):
             except (RedisError, OSError) as error:
                 log.warning("Redis pub/sub connection lost (%s); retrying in %.2fs", error, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RECONNECT_CAP)
                 continue
             except Exception:
                 log.exception("Redis pub/sub reader failed; retrying")
@@ -342,9 +344,14 @@ class RedisBroker(Broker):
             if subscription is None:
                 return  # unsubscribed while it was on its way
             try:
-                record = decode_record(message["data"])
+                fields = orjson.loads(message["data"])
+                if "presence" in fields:
+                    if self._presence_handler is not None:
+                        self._presence_handler(decode_event(subscription.key, fields))
+                    return
+                record = decode_record(fields)
             except (ValueError, TypeError, KeyError):
-                log.warning("dropped a malformed record on %r", name, exc_info=True)
+                log.warning("dropped a malformed message on %r", name, exc_info=True)
                 return
             subscription.order.push(record)
         elif kind == "subscribe":
@@ -356,8 +363,23 @@ class RedisBroker(Broker):
                 if not waiter.done():
                     waiter.set_result(None)
             elif (subscription := self._subscriptions.get(name)) is not None:
-                # Subscribed again after a reconnect: positions may have been reset.
+                # Subscribed again after a reconnect: Redis may have lost the position.
                 subscription.order.resync()
+                task = asyncio.create_task(self._resume(name, subscription),
+                                           name="redis-broker-resume")
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
+
+    async def _resume(self, name: bytes, subscription: _Subscription) -> None:
+        """Settle a channel subscribed again with what this node saw, then let its records
+        through (from the lowest: numbering may have started again in a new epoch)."""
+        try:
+            await self._settle(subscription.key, 0)
+        except BrokerError as error:
+            log.warning("could not settle the position of %s after a reconnect: %s",
+                        subscription.key, error)
+        if self._subscriptions.get(name) is subscription:
+            subscription.order.begin(None)
 
     def _drop_waiter(self, name: bytes, waiter: asyncio.Future[None]) -> None:
         waiters = self._confirmations.get(name)
@@ -396,22 +418,25 @@ class RedisBroker(Broker):
     async def _count(self, op: str, key: ChannelKey, member_id: str) -> int:
         with self._engine("count connections"):
             total = await self._connections(
-                keys=[self._key("nodes", key)],
-                args=[op, self.node_id, member_id, f"{self._prefix}members:",
-                      f":{_channel_tag(key)}", f"{self._prefix}node:"],
+                keys=[self._keys.of("nodes", key)],
+                args=[op, self.node_id, member_id, f"{self._keys.prefix}members:",
+                      f":{channel_tag(key)}", self._keys.beats],
             )
         return int(total)
 
     async def _beat(self) -> None:
-        """Keep this node's heartbeat alive; if it had expired, count this node's members again."""
+        """Keep this node's heartbeat alive; if it had expired, count this node's members again.
+        Then let presence restore and sweep."""
         while True:
             await asyncio.sleep(self._beat_every)
             try:
                 previous = await self._redis.set(
-                    self._beat_key, b"1", px=self._ttl_ms, get=True)
+                    self._keys.beat, b"1", px=self._ttl_ms, get=True)
                 if previous is None and self._members:
                     log.warning("this node's heartbeat had expired; registering its members again")
                     await self._register_members()
+                if self._presence is not None:
+                    await self._presence.beat(expired=previous is None)
             except (RedisError, OSError) as error:
                 log.warning("Redis heartbeat failed: %s", error)
             except Exception:
@@ -420,27 +445,20 @@ class RedisBroker(Broker):
     async def _register_members(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, members in list(self._members.items()):
-                pipe.sadd(self._members_key(self.node_id, key), *members)
-                pipe.sadd(self._key("nodes", key), self.node_id)
+                pipe.sadd(self._keys.per_node("members", key), *members)
+                pipe.sadd(self._keys.of("nodes", key), self.node_id)
             await pipe.execute()
 
-    # keys ---------------------------------------------------------------------------------------
+    # presence -----------------------------------------------------------------------------------
 
-    @property
-    def _beat_key(self) -> str:
-        return f"{self._prefix}node:{self.node_id}"
-
-    def _key(self, kind: str, key: ChannelKey) -> str:
-        return f"{self._prefix}{kind}:{_channel_tag(key)}"
-
-    def _members_key(self, node: str, key: ChannelKey) -> str:
-        return f"{self._prefix}members:{node}:{_channel_tag(key)}"
+    def presence(self, grace: float, handler: PresenceHandler) -> Presence:
+        self._presence = RedisPresence(self._redis, self._keys, grace)
+        self._presence_handler = handler
+        return self._presence
 
     @contextlib.contextmanager
     def _engine(self, action: str) -> Iterator[None]:
         """Refuse when not started; turn the driver's failures into `BrokerError`."""
         self._state.require(BrokerState.STARTED, action)
-        try:
+        with engine_errors(action):
             yield
-        except (RedisError, OSError, TimeoutError) as error:
-            raise BrokerError(f"Redis: cannot {action}: {error or type(error).__name__}") from error

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from app.broker.base import Broker
+from app.broker.base import Broker, Presence, PresenceEvent
 from app.broker.memory import MemoryBroker
 from app.broker.redis import RedisBroker
-from app.records import Record
+from app.records import ChannelKey, Record
 from tests.live import UNIT
 from tests.store.conftest import postgres_cluster, postgres_url  # noqa: F401 - shared fixtures
 
@@ -101,15 +101,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
-class Peer:
-    """One node: a started broker and, in order, the records its handler was given."""
+GRACE = 0.3 * UNIT
+"""The presence grace period of the contract's nodes, unless a test asks for another."""
 
-    def __init__(self, broker: Broker) -> None:
+
+class Peer:
+    """One node: a started broker with its presence and, in order, the records and presence
+    events its handlers were given. `stored` plays the store: the last seq of each channel."""
+
+    def __init__(self, broker: Broker, grace: float = GRACE) -> None:
         self.broker = broker
         self.records: list[Record] = []
+        self.events: list[PresenceEvent] = []
+        self.stored: dict[ChannelKey, int] = {}
+        self.presence: Presence = broker.presence(grace, self.events.append)
 
     def handle(self, record: Record) -> None:
         self.records.append(record)
+
+    async def last_stored(self, key: ChannelKey) -> int:
+        return self.stored.get(key, 0)
+
+    async def start(self) -> Peer:
+        await self.broker.start(self.handle, self.last_stored)
+        return self
 
     @property
     def seqs(self) -> list[int]:
@@ -131,19 +146,18 @@ class Cluster:
         """True when `node()` makes separate nodes."""
         return self.kind != "memory"
 
-    async def node(self, **options: Any) -> Peer:
-        """A started node; `options` go to the broker (reorder_window; redis: heartbeat_ttl)."""
+    async def node(self, grace: float = GRACE, **options: Any) -> Peer:
+        """A started node with presence `grace`; `options` go to the broker (reorder_window;
+        redis: heartbeat_ttl)."""
         if self.kind == "memory":
             if not self.peers:
                 broker: Broker = MemoryBroker(
                     **{k: v for k, v in options.items() if k == "reorder_window"})
-                self.peers.append(Peer(broker))
-                await broker.start(self.peers[0].handle)
+                self.peers.append(await Peer(broker, grace).start())
             return self.peers[0]
-        peer = Peer(RedisBroker(self.url, prefix=self.prefix, **options))
+        peer = Peer(RedisBroker(self.url, prefix=self.prefix, **options), grace)
         self.peers.append(peer)
-        await peer.broker.start(peer.handle)
-        return peer
+        return await peer.start()
 
     async def close(self) -> None:
         for peer in self.peers:

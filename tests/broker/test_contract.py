@@ -291,7 +291,10 @@ from app.broker.redis import RedisBroker
 async def main():
     url, prefix, ttl, app, channel = sys.argv[1:]
     broker = RedisBroker(url, prefix=prefix, heartbeat_ttl=float(ttl))
-    await broker.start(lambda record: None)
+    async def last_stored(key):
+        return 0
+
+    await broker.start(lambda record: None, last_stored)
     await broker.add_connection((app, channel), "child:1")
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -351,7 +354,7 @@ async def test_unreachable_engine_raises_broker_error() -> None:
     """Starting against a Redis nobody listens on fails with BrokerError, not a driver error."""
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(BrokerError):
-        await broker.start(lambda record: None)
+        await broker.start(lambda record: None, Peer(broker).last_stored)
     await broker.close()
 
 
