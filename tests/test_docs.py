@@ -423,7 +423,7 @@ def test_docs_have_examples() -> None:
     assert len(blocks("exchange")) >= 10
     kinds = {m.group(1) for path in DOCS.glob("*.md")
              for m in BLOCK.finditer(path.read_text(encoding="utf-8"))}
-    assert kinds == {"python", "json", "http", "sh", "exchange", "js", "html"}
+    assert kinds == {"python", "json", "http", "sh", "exchange", "js", "html", "css"}
 
 
 def test_exchanges_keep_to_their_own_channels() -> None:
@@ -511,7 +511,7 @@ def test_python_examples_print_what_they_say(docs_server: Server, name: str, cod
     printed = result.stdout.strip().splitlines()
     assert len(printed) == len(promised), f"{name}: printed {printed}"
     for said, shown in zip(printed, promised, strict=True):
-        assert text_matches(shown, said), f"{name}: printed {said!r}, the comment says {shown!r}"
+        assert text_matches(shown, said.rstrip()), f"{name}: printed {said!r}, comment: {shown!r}"
 
 
 @pytest.mark.parametrize(("name", "code"), blocks("json"), ids=lambda v: v[:24])
