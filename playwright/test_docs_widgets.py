@@ -208,7 +208,8 @@ def test_script_tag_query_string_and_iframe(page: Page, live: Server,
 def test_debug_example(page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
     """With debug on, the listener logs the socket's status and every frame, welcome first."""
     logged: list[str] = []
-    page.on("console", lambda message: logged.append(message.text))
+    ours = re.compile(r"^(in|out|socket|error in) ")  # not the browser's own (a missing favicon)
+    page.on("console", lambda message: ours.match(message.text) and logged.append(message.text))
     html = (f"<script>window.C8WS = {{debug: true, channel: '{fresh('debug')}'}};</script>"
             f'<script src="{live.http}/static/c8-player-api.js"></script>'
             f"<script>{examples()['debug']}\nvar ws = new c8PlayerApi.webSocket();</script>")
