@@ -1,5 +1,6 @@
-"""The Broker contract, run over every broker: delivery to subscribed nodes, seq order, positions,
-epochs, records crossing intact, cluster-wide connection counts, close."""
+"""The Broker and Presence contracts, run over every broker: delivery to subscribed nodes, seq
+order, positions (and their loss), epochs, records crossing intact, cluster-wide connection
+counts and presence, close."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from app.broker import create_broker
-from app.broker.base import BrokerError
+from app.broker.base import BrokerError, PresenceChange, PresenceEvent, PresenceMember
 from app.broker.memory import MemoryBroker
 from app.broker.redis import RedisBroker
+from app.broker.redis_engine import channel_tag
 from app.errors import ConfigError
 from app.records import ChannelKey, Record, now_ms, record_id
 from tests.broker.conftest import Cluster, Peer, RedisServer, free_port, require_redis_server
@@ -68,6 +71,17 @@ async def until_async(check: Callable[[], Awaitable[bool]], timeout: float = 5) 
 def needs_nodes(cluster: Cluster) -> None:
     if not cluster.distinct:
         pytest.skip("the memory broker is a single node")
+
+
+def lose_position(cluster: Cluster, key: ChannelKey) -> None:
+    """What a Redis restarted without persistence does to a channel, without the restart."""
+    with redis.Redis.from_url(cluster.url) as client:
+        assert client.delete(f"{cluster.prefix}pos:{channel_tag(key)}") == 1
+
+
+def distinct(*peers: Peer) -> list[Peer]:
+    """The peers, each once (memory's nodes are all one)."""
+    return list({id(peer): peer for peer in peers}.values())
 
 
 # delivery ---------------------------------------------------------------------------------------
@@ -221,6 +235,73 @@ async def test_epoch_is_stable_and_shared_by_every_node(cluster: Cluster) -> Non
     assert a.broker.epoch(key) == b.broker.epoch(key) == epoch
 
 
+async def test_takeover_names_no_seq_while_the_position_lasts(cluster: Cluster) -> None:
+    """takeover is None for the channel's own epoch and for one it never replaced."""
+    a = await cluster.node()
+    key = new_channel()
+    await a.broker.raise_seq(key, 3)
+    await a.broker.next_seq(key)
+    assert a.broker.takeover(key, a.broker.epoch(key)) is None
+    assert a.broker.takeover(key, "never-seen") is None
+
+
+async def test_a_lost_position_continues_above_the_store_and_every_seq_seen(
+    cluster: Cluster,
+) -> None:
+    """When Redis loses a channel's position, seqs continue above the store's last one and
+    above every seq a node saw, in a new epoch that took over from the old one there; nodes
+    subscribed meanwhile keep receiving."""
+    needs_nodes(cluster)
+    a, b = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await a.broker.raise_seq(key, 5)
+    await a.broker.subscribe(key)
+    await b.broker.subscribe(key)
+    await publish(b, key)
+    seen = await publish(b, key)
+    assert await until(lambda: a.seqs == [6, 7])
+    old = a.broker.epoch(key)
+
+    lose_position(cluster, key)
+    b.stored[key] = 6  # the store holds less than the nodes saw
+    after = await publish(b, key)
+    assert after.seq == seen.seq + 1
+    assert b.broker.epoch(key) != old and b.broker.takeover(key, old) == seen.seq
+    assert await until(lambda: a.records[-1:] == [after])
+    assert await a.broker.last_seq(key) == after.seq
+    assert (a.broker.epoch(key), a.broker.takeover(key, old)) == (b.broker.epoch(key), 7)
+
+    lose_position(cluster, key)
+    a.stored[key] = 20  # the store holds more: persistent records no node delivered
+    middle = b.broker.epoch(key)
+    assert await a.broker.next_seq(key) == 21
+    assert a.broker.takeover(key, middle) == 20 and a.broker.takeover(key, old) is None
+
+
+async def test_a_position_restored_from_stale_knowledge_starts_again_above(
+    cluster: Cluster,
+) -> None:
+    """A node that restores a lost position knowing fewer seqs than another node saw is
+    corrected by that node's next call: numbering starts again above what it saw, in another
+    epoch that still took over from the lost one."""
+    needs_nodes(cluster)
+    knows_more, knows_less = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await knows_less.broker.raise_seq(key, 0)
+    for _ in range(10):
+        await knows_more.broker.next_seq(key)
+    lost = knows_more.broker.epoch(key)
+
+    lose_position(cluster, key)
+    assert await knows_less.broker.next_seq(key) == 1
+    hasty = knows_less.broker.epoch(key)
+    assert await knows_more.broker.next_seq(key) == 11
+    assert knows_more.broker.epoch(key) not in (lost, hasty)
+    assert knows_more.broker.takeover(key, lost) == 10
+    assert knows_more.broker.takeover(key, hasty) is None
+    assert await knows_less.broker.next_seq(key) == 12
+
+
 # records ----------------------------------------------------------------------------------------
 
 
@@ -347,6 +428,156 @@ async def test_live_node_with_a_short_ttl_stays_counted(cluster: Cluster) -> Non
     assert not await until_async(lost, 1.5)
 
 
+# presence ---------------------------------------------------------------------------------------
+
+ANN = PresenceMember("u-ann", "ann")
+BOB = PresenceMember("u-bob", None)
+
+
+def joined(key: ChannelKey, member: PresenceMember, *members: PresenceMember) -> PresenceEvent:
+    return PresenceEvent(key, PresenceChange.JOINED, member, members)
+
+
+def left(key: ChannelKey, member: PresenceMember, *members: PresenceMember) -> PresenceEvent:
+    return PresenceEvent(key, PresenceChange.LEFT, member, members)
+
+
+async def test_a_new_uuid_is_announced_once_to_every_subscribed_node(cluster: Cluster) -> None:
+    """join returns the roster in join order; a uuid new to the channel reaches every
+    subscribed node's handler once, with the roster; more connections of it announce nothing
+    and keep its first user."""
+    a, b = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await b.broker.subscribe(key)
+    assert await a.presence.join(key, "a:1", "u-ann", "ann") == [ANN]
+    assert await b.presence.join(key, "b:1", "u-bob", None) == [ANN, BOB]
+    assert await b.presence.join(key, "b:2", "u-ann", "another") == [ANN, BOB]
+    assert await a.presence.join(key, "a:1", "u-ann", "ann") == [ANN, BOB]  # counted once
+    for peer in distinct(a, b):
+        assert await until(lambda peer=peer: len(peer.events) >= 2)
+        assert peer.events == [joined(key, ANN, ANN), joined(key, BOB, ANN, BOB)]
+    assert not await until(lambda: len(a.events) > 2 or len(b.events) > 2, 0.3)
+
+
+async def test_the_last_connection_leaving_announces_after_the_grace_period(
+    cluster: Cluster,
+) -> None:
+    """A uuid leaves only when its last connection on any node closed and the grace period
+    passed: every subscribed node then gets member_left with the roster; unknown connection ids
+    are ignored."""
+    grace = 0.6 * UNIT
+    a, b = await cluster.node(grace=grace), await cluster.node(grace=grace)
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await b.broker.subscribe(key)
+    await a.presence.join(key, "a:1", "u-ann", "ann")
+    await b.presence.join(key, "b:1", "u-bob", None)
+    await a.presence.join(key, "a:2", "u-bob", None)
+    assert await until(lambda: len(a.events) == len(b.events) == 2)
+    await b.presence.leave(key, "b:1")
+    await b.presence.leave(key, "b:unknown")
+    assert not await until(lambda: len(a.events) > 2, 2 * grace / UNIT)  # a:2 is still bob
+    await a.presence.leave(key, "a:2")
+    await a.presence.leave(key, "a:2")  # twice is once
+    assert not await until(lambda: len(a.events) > 2, grace / 2 / UNIT)
+    for peer in distinct(a, b):
+        assert await until(lambda peer=peer: len(peer.events) >= 3)
+        assert peer.events[2:] == [left(key, BOB, ANN)]
+    await a.presence.leave(key, "a:1")
+    assert await until(lambda: a.events[-1] == left(key, ANN))
+
+
+async def test_coming_back_within_the_grace_period_is_neither_leave_nor_join(
+    cluster: Cluster,
+) -> None:
+    """A uuid whose connection closes on one node and reopens on another (or the same) within
+    the grace period stays in the roster without any event."""
+    grace = 0.6 * UNIT
+    a, b = await cluster.node(grace=grace), await cluster.node(grace=grace)
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await b.broker.subscribe(key)
+    await a.presence.join(key, "a:1", "u-ann", "ann")
+    assert await until(lambda: len(a.events) == 1)
+    await a.presence.leave(key, "a:1")
+    assert await b.presence.join(key, "b:1", "u-ann", "ann") == [ANN]
+    assert not await until(lambda: len(a.events) > 1 or len(b.events) > 1, 3 * grace / UNIT)
+
+
+async def test_presence_events_reach_subscribed_nodes_only(cluster: Cluster) -> None:
+    """Events go where records go: a node not subscribed to the channel gets none."""
+    needs_nodes(cluster)
+    a, b = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await b.presence.join(key, "b:1", "u-bob", None)
+    assert await until(lambda: a.events == [joined(key, BOB, BOB)])
+    assert not await until(lambda: bool(b.events), 0.3)
+
+
+async def test_a_closed_node_leaves_the_rosters(cluster: Cluster) -> None:
+    """A node that closes cleanly takes its uuids out: another node with connections in the
+    channel announces their leaving within a heartbeat and the grace period."""
+    needs_nodes(cluster)
+    a = await cluster.node(grace=0.2 * UNIT, heartbeat_ttl=UNIT)
+    b = await cluster.node()
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await a.presence.join(key, "a:1", "u-ann", "ann")
+    await b.presence.join(key, "b:1", "u-bob", None)
+    await b.broker.close()
+    assert await until(lambda: a.events[-1:] == [left(key, BOB, ANN)], 5)
+
+
+PRESENCE_CHILD = """
+import asyncio, sys
+from app.broker.redis import RedisBroker
+
+async def main():
+    url, prefix, ttl, app, channel = sys.argv[1:]
+    broker = RedisBroker(url, prefix=prefix, heartbeat_ttl=float(ttl))
+    presence = broker.presence(0.1, lambda event: None)
+
+    async def last_stored(key):
+        return 0
+
+    await broker.start(lambda record: None, last_stored)
+    await presence.join((app, channel), "child:1", "u-child", "kid")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_node_leaves_the_rosters_within_its_ttl(cluster: Cluster) -> None:
+    """A node process killed with SIGKILL stays present while its heartbeat lives; once the TTL
+    has passed, a node with connections in the channel announces its uuids' leaving."""
+    needs_nodes(cluster)
+    ttl = 1.0 * UNIT
+    a = await cluster.node(grace=0.1 * UNIT, heartbeat_ttl=ttl)
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await a.presence.join(key, "a:1", "u-ann", "ann")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PRESENCE_CHILD, cluster.url, cluster.prefix, str(ttl), *key,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+    )
+    kid = PresenceMember("u-child", "kid")
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), 20 * UNIT)
+        assert line.strip() == b"ready"
+        assert await until(lambda: a.events[-1:] == [joined(key, kid, ANN, kid)])
+        assert not await until(lambda: len(a.events) > 2, 2)  # alive: it keeps its heartbeat
+    finally:
+        if child.returncode is None:
+            child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert await until(lambda: a.events[-1:] == [left(key, kid, ANN)], ttl / UNIT + 5)
+
+
 # engine -----------------------------------------------------------------------------------------
 
 
@@ -367,8 +598,9 @@ async def test_create_broker_picks_by_scheme() -> None:
 
 
 async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
-    """When Redis restarts (losing everything), nodes resubscribe, counts come back, and seqs
-    continue above those already delivered."""
+    """When Redis restarts (losing everything), nodes resubscribe, counts and rosters come back,
+    and seqs continue above those already delivered in a new epoch that took over from the old
+    one."""
     require_redis_server()
     server = RedisServer(tmp_path).start()
     cluster = Cluster("redis", server.url, "c8ws-restart:")
@@ -381,8 +613,10 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
         await a.broker.subscribe(key)
         await b.broker.subscribe(key)
         await a.broker.add_connection(key, "a:1")
+        await a.presence.join(key, "a:1", "u-ann", "ann")
         before = await publish(b, key)
         assert await until(lambda: a.records == [before] and b.records == [before])
+        old = a.broker.epoch(key)
 
         server.stop()
         server = RedisServer(tmp_path, server.port).start()
@@ -396,7 +630,19 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
 
         assert await until_async(delivered_again, 20)
         assert a.records[1].seq > before.seq
+        assert a.broker.epoch(key) == b.broker.epoch(key) != old
+        assert a.broker.takeover(key, old) == b.broker.takeover(key, old) == before.seq
         assert await until_async(lambda: _count_is(b, key, 1), 10)
+
+        async def roster_restored() -> bool:
+            try:
+                roster = await b.presence.join(key, "b:1", "u-bob", None)
+            except BrokerError:
+                return False
+            await b.presence.leave(key, "b:1")
+            return roster == [ANN, BOB]
+
+        assert await until_async(roster_restored, 10)
     finally:
         await cluster.close()
         server.stop()
