@@ -56,8 +56,7 @@ class Scenario:
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    """The scenarios asked for on the command line, in the order each server runs them: idle
-    first, on a fresh server, so its memory before the connects is the start-up's."""
+    """The scenarios asked for on the command line, in the order each server runs them."""
     common = {"duration": args.duration, "deflate": args.deflate}
     runs = []
     if args.idle > 0:
@@ -222,12 +221,26 @@ def run_scenario(server: Server, scenario: Scenario, gen_cpu: int | None,
 def run_server(spec: ServerSpec, runs: list[Scenario], pins: Pins, workdir: Path,
                extra_env: dict[str, str] | None = None,
                failures: list[str] | None = None) -> list[RunResult]:
-    """The scenarios meant for this server against one instance of it; after each, the records
-    it stored are counted (runs with a channel prefix) and its log is checked for problems. A
-    run that fails is noted in `failures` (when given) and the next one goes on."""
+    """The scenarios meant for this server: the idle ones against a fresh instance of it (its
+    memory before the connects is the start-up's, and what they leave behind does not weigh on
+    the other runs), the others against a second instance. After each run, the records it
+    stored are counted (runs with a channel prefix) and its log is checked for problems. A run
+    that fails is noted in `failures` (when given) and the next one goes on."""
+    mine = [s for s in runs if spec.name in s.servers]
+    results: list[RunResult] = []
+    for group in ([s for s in mine if s.kind == "idle"], [s for s in mine if s.kind != "idle"]):
+        if group:
+            results += run_instance(spec, group, pins, workdir, extra_env, failures)
+    return results
+
+
+def run_instance(spec: ServerSpec, runs: list[Scenario], pins: Pins, workdir: Path,
+                 extra_env: dict[str, str] | None,
+                 failures: list[str] | None) -> list[RunResult]:
+    """`runs` in turn against one instance of the server (see run_server)."""
     results: list[RunResult] = []
     with running_server(spec, pins, workdir, extra_env) as server:
-        for scenario in (s for s in runs if spec.name in s.servers):
+        for scenario in runs:
             label = scenario.name + (" persistent" if scenario.persistent else "")
             print(f"  {spec.name:13} {label} ...", flush=True, end=" ")
             seen = len(server.log_problems())
