@@ -174,6 +174,8 @@ def body_mismatch(expected: str, kind: str, actual: Any, bindings: Bindings) -> 
 
 @dataclass
 class Request:
+    """An HTTP request as a document writes it (`DEMO_SECRET` and written ids not yet real)."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -182,6 +184,7 @@ class Request:
 
 def http_call(client: Client, request: Request, secret: str,
               bindings: Bindings) -> tuple[int, Any, Any]:
+    """Send a written request with the real secret and the real ids the bindings know."""
     headers = {name: bindings.apply(value.replace("DEMO_SECRET", secret))
                for name, value in request.headers.items()}
     body = request.body
@@ -218,6 +221,8 @@ CLOSE = re.compile(r"^close (\d{4})(?: (.*))?$")
 
 @dataclass
 class Step:
+    """One line of an exchange: a client (or `http`), what it does, and the frame or path."""
+
     who: str
     verb: str
     text: str
@@ -225,6 +230,8 @@ class Step:
 
 @dataclass
 class Exchange:
+    """An exchange block: the server settings it needs, an app setting to apply, its steps."""
+
     env: tuple[tuple[str, str], ...] = ()
     setup: str = ""
     steps: list[Step] = field(default_factory=list)
