@@ -18,6 +18,7 @@ from quart import Blueprint, Response, current_app, request
 
 from app.access import HTTPError, app_from_secret, current_node
 from app.api import checked_channel, json_body, json_response, validated
+from app.broker.base import BrokerError
 from app.errors import ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
 from app.protocol import data_from_text
@@ -172,6 +173,9 @@ async def publish() -> Response:
             persistent=fields["persistent"])
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
+    except BrokerError:
+        raise HTTPError(503, ErrorCode.UNAVAILABLE, "the message could not be delivered "
+                        "(the broker is unreachable); try again") from None
     return json_response({"success": True, "record": record.public()})
 
 

@@ -245,6 +245,8 @@ async def handle(node: Node, member: Member, command: Command) -> None:
     elif isinstance(command, Status):
         member.send_frame(status_frame(await node.count(member.key)))
     elif isinstance(command, Search):
+        if member.pipeline:  # the member's own publishes still being stored come first
+            await asyncio.wait(member.pipeline)
         try:
             result = await node.search(member.key, command.query)
         except ClientError as error:

@@ -138,3 +138,15 @@ async def test_mass_join_does_not_flood(server: Server) -> None:
         assert frames <= 20 * 12, f"{frames} frames for 20 members"
     finally:
         await asyncio.gather(*(client.close() for client in clients))
+
+
+async def test_search_sees_the_members_own_publishes_sent_before_it(server: Server) -> None:
+    """Persistent publishes are stored in the background, but a search sent after them on the
+    same connection waits for them: a poll widget finds the vote it just cast."""
+    async with await connect(server.ws("/c8/own-votes?api_key=demo&persistent=1")) as client:
+        await recv_kind(client, "welcome")
+        for number in range(20):
+            await client.send(publish({"n": number}))
+        await client.send(orjson.dumps({"search": {"rid": "s", "query": {"limit": 1}}}).decode())
+        reply = await recv_kind(client, "reply")
+    assert reply["rid"] == "s" and reply["total"] == 20
