@@ -68,7 +68,7 @@ class Broker(ABC):
       counted after a bounded time (the memory broker has one node, so it never needs to).
     - Positions survive the engine losing them (a Redis restarted without persistence): the
       channel starts a new epoch whose seqs continue above the store's last one and every seq
-      this node saw, and `takeover` says from where clients of the old epoch can still resume.
+      the nodes saw, and `takeover` says up to where clients of the old epoch can still resume.
     - The handler is called from the event loop and must not block.
     Failures of the engine raise `BrokerError`; so do `publish` and `subscribe` before `start` or
     after `close`, while `unsubscribe` and `remove_connection` after `close` do nothing (`close`
@@ -97,9 +97,10 @@ class Broker(ABC):
     @abstractmethod
     def takeover(self, key: ChannelKey, epoch: str) -> int | None:
         """When the channel's current epoch replaced `epoch` after the engine lost the channel,
-        the seq it started above: every seq of `epoch` that a node delivered is at or below it,
-        so a client of `epoch` that saw up to that seq can resume from stored records. None when
-        the current epoch did not take over from `epoch` (or nothing is known of it).
+        the seq it started above: once the nodes that delivered records of `epoch` have settled
+        with the engine again (each does as it reconnects), every such seq is at or below it, so
+        a client of `epoch` that saw up to it can resume from stored records. None when the
+        current epoch did not take over from `epoch` (or nothing is known of it).
 
         Synchronous like `epoch`: it reads what this node learnt."""
 

@@ -93,11 +93,13 @@ class RedisBroker(Broker):
     own heartbeat gone (Redis restarted, or it stalled) registers its members again.
 
     After a dropped connection the pub/sub reader reconnects and subscribes again; records
-    published meanwhile are missed by this node (at most once), and a client that reconnects with
-    `since` gets them back from the store. Each channel it subscribes again holds its records
-    until this node has settled the channel's position with what it saw (see `POSITION` in
-    `app.broker.redis_engine`): a Redis that came back empty gets positions above every seq the
-    nodes delivered, and the node learns the epoch its next records belong to.
+    published meanwhile are missed by this node (at most once; a client resuming with `since`
+    gets the persistent ones back from the store). Each channel subscribed again holds its
+    records until this node has settled the channel's position with what it saw (see `POSITION`
+    in `app.broker.redis_engine`): a Redis that came back empty gets positions above every seq
+    the nodes delivered, and the node learns the epoch its next records belong to. Until every
+    node that delivered records has settled, a position restored by a node that saw less can
+    repeat seqs; the first settling node that saw more starts another epoch above them.
     """
 
     def __init__(
