@@ -5,14 +5,24 @@ problems seen during the runs."""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Any
 
 from runs import BROKERS, PEERS, STORES, RunResult
-from servers import RELEASE_TIMEOUT, SERVERS
+from servers import RELEASE_TIMEOUT, ROOT, SERVERS
 
 LINGER_NOTE = 10  # sockets still open 1 s after a run worth a note
 GENERATOR_BOUND_PCT = 90.0  # generator CPU % from which the generator, not the server, limits
 GENERATOR_MARK = "†"
+# The last line of a traceback: `package.module.SomeError: message`.
+EXCEPTION_RE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Failure)\b(?::.*)?$")
+DIRECTORIES_RE = re.compile(r"(?<![\w.])/(?:[^\s/\"'`|]+/){2,}")
+
+
+def scrub(text: str) -> str:
+    """No machine paths in the report: repository paths relative, other directories dropped."""
+    return DIRECTORIES_RE.sub("", text.replace(f"{ROOT}/", ""))
 PERSIST_TARGET = 0.7  # persistent publishes/s at least this share of non-persistent
 SEARCH_TARGETS_MS = {"search seed": 20.0, "search seed+groupBy": 300.0}  # p99
 
@@ -295,6 +305,11 @@ def run_notes(r: RunResult) -> list[str]:
                     else f"not all closed after {RELEASE_TIMEOUT:.0f} s")
         notes.append(f"the server still held {r.lingering} peer sockets 1 s after the peers had "
                      f"closed them (CLOSE-WAIT); {released}")
+    if r.gen.get("refused"):
+        reasons = "; ".join(f"{scrub(reason)} x{count}"
+                            for reason, count in r.gen.get("refused_reasons", {}).items())
+        notes.append(f"{r.gen['refused']} connections could not be opened ({reasons}); the run "
+                     f"went on with the others, and counts deliveries only to those")
     if r.gen.get("foreign_frames"):
         notes.append(f"{r.gen['foreign_frames']} frames that were not benchmark messages "
                      f"(errors or refusals from the server)")
@@ -306,9 +321,19 @@ def run_notes(r: RunResult) -> list[str]:
         notes.append(f"the store holds {r.stored:,} of its {int(r.gen['sent']):,} published "
                      f"records")
     if r.log_problems:
-        sample = "; ".join(line.strip()[:160] for line in r.log_problems[:3])
-        notes.append(f"{len(r.log_problems)} problem lines in the server log, e.g. `{sample}`")
+        notes.append(log_summary(r.log_problems))
     return notes
+
+
+def log_summary(lines: list[str]) -> str:
+    """How many problem lines, and the exceptions they end with (most frequent first)."""
+    raised = Counter(scrub(line.strip())[:160] for line in lines
+                     if EXCEPTION_RE.match(line.strip()))
+    if raised:
+        named = "; ".join(f"`{text}` x{count}" for text, count in raised.most_common(3))
+        return f"{len(lines)} problem lines in the server log; the exceptions: {named}"
+    sample = "; ".join(scrub(line.strip())[:160] for line in lines[:3])
+    return f"{len(lines)} problem lines in the server log, e.g. `{sample}`"
 
 
 def problems_markdown(results: list[RunResult]) -> str:

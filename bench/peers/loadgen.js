@@ -213,13 +213,38 @@ function connect(target, opts) {
   return opts.protocol === 'socketio' ? connectSocketIo(target, opts) : connectWs(target, opts);
 }
 
+// Connects that failed (refused handshakes, timeouts): counted, the first few reasons kept, and
+// the run goes on with the peers that did connect (expected deliveries count only those).
+const refused = { count: 0, reasons: {} };
+
+// One entry per target, in order: its peer, or null when it could not connect.
 async function connectAll(targets, opts) {
   const peers = [];
   for (let i = 0; i < targets.length; i += CONNECT_BATCH) {
     const batch = targets.slice(i, i + CONNECT_BATCH).map((target) => connect(target, opts));
-    peers.push(...(await Promise.all(batch)));
+    for (const outcome of await Promise.allSettled(batch)) {
+      if (outcome.status === 'fulfilled') {
+        peers.push(outcome.value);
+        continue;
+      }
+      peers.push(null);
+      refused.count += 1;
+      const reason = String(outcome.reason && outcome.reason.message).slice(0, 120);
+      if (reason in refused.reasons || Object.keys(refused.reasons).length < 5) {
+        refused.reasons[reason] = (refused.reasons[reason] || 0) + 1;
+      }
+    }
+  }
+  if (refused.count > 0 && peers.every((peer) => peer === null)) {
+    throw new Error(`no connection succeeded: ${JSON.stringify(refused.reasons)}`);
   }
   return peers;
+}
+
+// The subscribers of each channel that connected (targets are grouped channel by channel).
+function byChannel(subscribers, channels, perChannel) {
+  return Array.from({ length: channels },
+    (_, c) => subscribers.slice(c * perChannel, (c + 1) * perChannel).filter(Boolean));
 }
 
 // Where a subscriber of `channel` connects: {url, channel}.
@@ -329,17 +354,21 @@ async function runFanout(opts) {
   const targets = channels.flatMap((c) => Array(opts.subscribers).fill(channelTarget(opts, c)));
   const subSockets = await connectAll(targets, opts);
   const stats = newStats();
-  const subscribers = subSockets.map((peer) => new Subscriber(peer, stats));
+  const slots = subSockets.map((peer) => (peer === null ? null : new Subscriber(peer, stats)));
+  const subscribers = slots.filter(Boolean);
+  const members = byChannel(slots, opts.channels, opts.subscribers);
   await sleep(opts.settle * 1000);
   const publishers = await connectAll(channels.map((c) => publisherTarget(opts, c)), opts);
   await sleep(100);
 
-  // Per channel: its publisher keeps at most WINDOW messages ahead of its last subscriber.
+  // Per channel: its publisher keeps at most WINDOW messages ahead of its last subscriber. A
+  // channel whose publisher or every subscriber failed to connect sends nothing.
   const sent = channels.map(() => 0);
   let running = true;
-  const pumps = channels.map((c) => {
+  const live = channels.filter((c) => publishers[c] !== null && members[c].length > 0);
+  const pumps = live.map((c) => {
     const publisher = publishers[c];
-    const designated = subscribers[(c + 1) * opts.subscribers - 1];
+    const designated = members[c][members[c].length - 1];
     const pump = () => {
       while (running && publisher.isOpen() && sent[c] - designated.received < opts.window) {
         sent[c] += 1;
@@ -359,7 +388,7 @@ async function runFanout(opts) {
   running = false;
   const sendSeconds = (performance.now() - t0) / 1000;
   const sentTotal = sent.reduce((n, k) => n + k, 0);
-  const expected = sentTotal * opts.subscribers;
+  const expected = channels.reduce((n, c) => n + sent[c] * members[c].length, 0);
   const drained = await waitDrained(stats, expected, opts);
   const cpu = process.cpuUsage(cpu0);
   process.stderr.write('mark:stop\n');
@@ -385,11 +414,13 @@ async function runFanout(opts) {
     ...latencySummary(stats),
     ...orderSummary(subscribers),
     foreign_frames: stats.foreign,
+    refused: refused.count,
+    refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
-  closeAll([...publishers, ...subSockets]);
+  closeAll([...publishers, ...subSockets].filter(Boolean));
   return result;
 }
 
@@ -400,20 +431,25 @@ async function runRate(opts) {
   }
   const subSockets = await connectAll(targets, opts);
   const stats = newStats();
-  const subscribers = subSockets.map((peer) => new Subscriber(peer, stats));
+  const slots = subSockets.map((peer) => (peer === null ? null : new Subscriber(peer, stats)));
+  const subscribers = slots.filter(Boolean);
+  const members = byChannel(slots, opts.channels, opts.subscribers);
   const publisherTargets = Array.from({ length: opts.channels }, (_, c) => publisherTarget(opts, c));
   const publishers = await connectAll(publisherTargets, opts);
   await sleep(opts.settle * 1000);
 
+  // The offered rate is spread over the channels whose publisher connected.
+  const live = publishers.flatMap((publisher, c) => (publisher === null ? [] : [c]));
   const seqs = new Array(opts.channels).fill(0);
   let sent = 0;
-  let next = 0; // round-robin channel cursor
+  let next = 0; // round-robin cursor into `live`
   const sendDue = (elapsedMs) => {
     const due = Math.floor((opts.rate * elapsedMs) / 1000);
     for (; sent < due; sent += 1) {
-      seqs[next] += 1;
-      publishers[next].send(makeMessage(next, seqs[next]));
-      next = (next + 1) % opts.channels;
+      const c = live[next];
+      seqs[c] += 1;
+      publishers[c].send(makeMessage(c, seqs[c]));
+      next = (next + 1) % live.length;
     }
   };
 
@@ -432,7 +468,7 @@ async function runRate(opts) {
       }
     }, opts.tick);
   });
-  const expected = sent * opts.subscribers;
+  const expected = seqs.reduce((n, k, c) => n + k * members[c].length, 0);
   const drained = await waitDrained(stats, expected, opts);
   const cpu = process.cpuUsage(cpu0);
   process.stderr.write('mark:stop\n');
@@ -456,11 +492,13 @@ async function runRate(opts) {
     ...latencySummary(stats),
     ...orderSummary(subscribers),
     foreign_frames: stats.foreign,
+    refused: refused.count,
+    refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
-  closeAll([...publishers, ...subSockets]);
+  closeAll([...publishers, ...subSockets].filter(Boolean));
   return result;
 }
 
@@ -472,7 +510,7 @@ async function runIdle(opts) {
   await sleep(200); // the harness samples the server's memory before the first connect
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
-  const peers = await connectAll(targets, opts);
+  const peers = (await connectAll(targets, opts)).filter(Boolean);
   const connectSeconds = (performance.now() - t0) / 1000;
   let foreign = 0;
   for (const peer of peers) peer.onMessage(() => { foreign += 1; });
@@ -504,6 +542,8 @@ async function runIdle(opts) {
     out_of_order: 0,
     gaps: 0,
     foreign_frames: foreign,
+    refused: refused.count,
+    refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, seconds),
