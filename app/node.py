@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -235,7 +236,11 @@ class Node:
         """A member asked to close leaves its channel at once, not when its socket is done."""
         if member.close_code == CloseCode.TOO_SLOW:
             self.stats.slow_members_dropped += 1
-        task = asyncio.create_task(self._leave_channel(member))
+        self._in_background(self._leave_channel(member))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` on its own, kept referenced until it is done."""
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -319,21 +324,32 @@ class Node:
         if record.persistent:
             await self._commit(record)
         else:
-            # Keep channel order: wait for an earlier persistent record still committing.
+            # Keep channel order: wait for an earlier persistent record still committing
+            # (shielded: this publisher being cancelled must not cancel another's commit).
             earlier = self._committing.get(key)
             if earlier is not None:
                 with contextlib.suppress(Exception):
-                    await earlier
+                    await asyncio.shield(earlier)
         await self.broker.publish(record)
 
     async def _commit(self, record: Record) -> None:
         commit = self.store.append_record(record)
         self._committing[record.key] = commit
         try:
-            await commit
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # The publisher went away (an HTTP client hung up, a replay was stopped) while its
+            # record was committing: stored all the same, it is still published, or the
+            # channel's live members would miss it.
+            commit.add_done_callback(lambda done: self._publish_if_stored(record, done))
+            raise
         finally:
             if self._committing.get(record.key) is commit:
                 del self._committing[record.key]
+
+    def _publish_if_stored(self, record: Record, commit: asyncio.Future[None]) -> None:
+        if not commit.cancelled() and commit.exception() is None:
+            self._in_background(self.broker.publish(record))
 
     def _deliver(self, record: Record) -> None:
         frames = encode_record(record)

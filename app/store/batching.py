@@ -88,11 +88,11 @@ class GroupCommit(Generic[Row]):
             log.error("commit of %d records failed: %s", len(batch), error)
             _fail(batch, f"record not stored: {error}")
             return
-        if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - began)
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - began)
 
 
 def _fail(batch: list[tuple[Row, asyncio.Future[None]]], message: str) -> None:

@@ -215,11 +215,15 @@ class SqliteStore(Store):
                 return list(await cursor.fetchall())
 
         async with self._searching:
-            await db.execute("BEGIN")
             try:
+                await db.execute("BEGIN")
                 yield fetch
             finally:
-                await db.execute("COMMIT")
+                # Queued behind the BEGIN even when this search was cancelled while waiting for
+                # it (the connection's thread runs every statement it was given, in order);
+                # there is no transaction to end only if it was cancelled before the BEGIN.
+                with contextlib.suppress(aiosqlite.OperationalError):
+                    await db.execute("ROLLBACK")
 
     # widgets ----------------------------------------------------------------------------------
 

@@ -350,3 +350,15 @@ async def test_group_by_with_more_groups_than_are_kept(
         await store.append_record(record)
     assert await search(store, channel, query) == {
         "total": 13, "groups": [{"value": 1, "count": 3}, {"value": 2, "count": 3}]}
+
+
+async def test_a_cancelled_search_leaves_searching_working(store: Store) -> None:
+    """Searches cancelled at any point (their client went away) do not break the next one."""
+    channel = await fill(store, _votes(12))
+    for ticks in range(8):
+        cancelled = asyncio.create_task(search(store, channel, SEED_QUERY))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert await search(store, channel, SEED_QUERY) == _expected(_votes(12))
