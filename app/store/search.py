@@ -37,10 +37,14 @@ MAX_ENTRIES = 1024
 """Searches whose counts are kept (least recently used go first)."""
 
 MAX_GROUPS = 10_000
-"""Groups one search may keep; a groupBy with more is counted again every time."""
+"""Groups one search may keep; a groupBy with more has its groups counted again every time."""
 
-MAX_KEPT_GROUPS = 100_000
-"""Groups kept over all searches."""
+MAX_CARRIED_CHARS = 1 << 20
+"""Groups one search may keep, as JSON text: values can be long, and the text is sent back to
+the database on every repeat."""
+
+MAX_KEPT_CHARS = 64 << 20
+"""Groups kept over all searches, as JSON text."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ class Counted:
     seq: int
     records: int
     total: int
-    groups: list[tuple[Any, Any, int]] | None
-    """Every group as (v, t, n) rows in answer order, or None when there were too many."""
+    carried: str | None
+    """Every group as a JSON array of (v, t, n) rows, or None when there were too many."""
 
 
 class SearchCounts:
@@ -60,7 +64,7 @@ class SearchCounts:
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
         self._counted: OrderedDict[str, Counted] = OrderedDict()
-        self._kept_groups = 0
+        self._kept_chars = 0
 
     async def search(self, fetch: Fetch, app: str, channel: str,
                      query: dict[str, Any]) -> dict[str, Any]:
@@ -74,21 +78,25 @@ class SearchCounts:
         if before is not None and records - before.records != row[2]:
             before = None  # a record at or below before.seq arrived since: count again
         seqs = range(before.seq + 1 if before else 0, last + 1)
+        first, end = query["offset"], query["offset"] + query["limit"]
 
-        if query["groupBy"] is not None and (before is None or before.groups is not None):
-            carried = orjson.dumps(before.groups if before else []).decode()
-            rows = [tuple(r) for r in await fetch(compile_groups(
+        groups: list[Any] = []  # the answer's leading groups, when counted here
+        carried = "[]" if before is None else before.carried
+        if query["groupBy"] is not None and carried is not None:
+            groups = [tuple(r) for r in await fetch(compile_groups(
                 app, channel, query, seqs, carried, MAX_GROUPS + 1, self._dialect))]
-            if len(rows) <= MAX_GROUPS:
-                total = sum(n for _, _, n in rows)
-                self._keep(key, Counted(last, records, total, rows))
-                page = rows[query["offset"]:query["offset"] + query["limit"]]
-                return {"total": total, "groups": groups_of(page)}
-            before, seqs = None, range(0, last + 1)  # too many groups to keep: count them all
+            if len(groups) <= MAX_GROUPS:
+                total = sum(n for _, _, n in groups)
+                kept = orjson.dumps(groups).decode()
+                self._keep(key, Counted(last, records, total,
+                                        kept if len(kept) <= MAX_CARRIED_CHARS else None))
+                return {"total": total, "groups": groups_of(groups[first:end])}
 
         counted = await fetch(compile_count(app, channel, query["filters"], seqs, self._dialect))
         total = (before.total if before else 0) + int(counted[0][0])
         self._keep(key, Counted(last, records, total, None))
+        if end <= len(groups):  # too many groups to keep, but the page is among those counted
+            return {"total": total, "groups": groups_of(groups[first:end])}
         page_rows = await fetch(compile_page(app, channel, query, self._dialect))
         if query["groupBy"] is not None:
             return {"total": total, "groups": groups_of(page_rows)}
@@ -96,10 +104,10 @@ class SearchCounts:
 
     def _keep(self, key: str, counted: Counted) -> None:
         old = self._counted.pop(key, None)
-        if old is not None and old.groups is not None:
-            self._kept_groups -= len(old.groups)
+        if old is not None:
+            self._kept_chars -= len(old.carried or "")
         self._counted[key] = counted
-        self._kept_groups += len(counted.groups or ())
-        while len(self._counted) > MAX_ENTRIES or self._kept_groups > MAX_KEPT_GROUPS:
+        self._kept_chars += len(counted.carried or "")
+        while len(self._counted) > MAX_ENTRIES or self._kept_chars > MAX_KEPT_CHARS:
             _, dropped = self._counted.popitem(last=False)
-            self._kept_groups -= len(dropped.groups or ())
+            self._kept_chars -= len(dropped.carried or "")

@@ -334,22 +334,31 @@ async def test_repeated_searches_count_records_added_since(store: Store) -> None
     assert other["total"] == 30
 
 
+@pytest.mark.parametrize("limit", ["groups", "characters"])
 async def test_group_by_with_more_groups_than_are_kept(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A groupBy with more distinct values than a search keeps is paged and totalled exactly,
-    before and after more appends."""
-    monkeypatch.setattr("app.store.search.MAX_GROUPS", 3)
+        store: Store, monkeypatch: pytest.MonkeyPatch, limit: str) -> None:
+    """A groupBy with more distinct values (or longer ones) than a search keeps is paged and
+    totalled exactly, within and past the groups it counted, before and after more appends."""
+    if limit == "groups":
+        monkeypatch.setattr("app.store.search.MAX_GROUPS", 3)
+    else:
+        monkeypatch.setattr("app.store.search.MAX_CARRIED_CHARS", 20)
     channel = f"ch{next(_channels)}"
     records = make_records(channel, [{"n": i % 5} for i in range(13)])
     for record in records[:10]:
         await store.append_record(record)
-    query = {"groupBy": "data.n", "offset": 1, "limit": 2}
-    assert await search(store, channel, query) == {
-        "total": 10, "groups": [{"value": 1, "count": 2}, {"value": 2, "count": 2}]}
+    near, far = {"groupBy": "data.n", "offset": 1, "limit": 2}, {"groupBy": "data.n", "offset": 3}
+    for _ in range(2):
+        assert await search(store, channel, near) == {
+            "total": 10, "groups": [{"value": 1, "count": 2}, {"value": 2, "count": 2}]}
+        assert await search(store, channel, far) == {
+            "total": 10, "groups": [{"value": 3, "count": 2}, {"value": 4, "count": 2}]}
     for record in records[10:]:
         await store.append_record(record)
-    assert await search(store, channel, query) == {
+    assert await search(store, channel, near) == {
         "total": 13, "groups": [{"value": 1, "count": 3}, {"value": 2, "count": 3}]}
+    assert await search(store, channel, far) == {
+        "total": 13, "groups": [{"value": 3, "count": 2}, {"value": 4, "count": 2}]}
 
 
 async def test_a_cancelled_search_leaves_searching_working(store: Store) -> None:
