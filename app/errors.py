@@ -20,6 +20,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # server shutting down: reconnect with `since`
     POLICY = 1008  # a connection parameter is malformed: fix it, do not reconnect as is
     INTERNAL = 1011  # internal error, logged with a trace: reconnect with `since`
+    TRY_AGAIN_LATER = 1013  # the broker could not be reached while joining: back off, reconnect
     OPERATOR = 4000  # disconnected by an operator: reconnect if you like
     UNKNOWN_KEY = 4001  # terminal: missing or unknown api key
     BAD_CHANNEL = 4002  # terminal: invalid channel id

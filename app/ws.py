@@ -130,8 +130,14 @@ async def serve(dialect: Dialect, channel: str) -> None:
         return
     try:
         connections, roster = await node.join(member)
-    except BaseException:
+    except BrokerError as error:
         await node.leave(member)  # uncount it; a broker failure is not the client's fault
+        log.warning("join of %s failed: %s", member.key, error)
+        await refuse(Refusal(CloseCode.TRY_AGAIN_LATER,
+                             "The server cannot reach its broker; try again in a moment."))
+        return
+    except BaseException:
+        await node.leave(member)
         raise
     writer: asyncio.Task[None] | None = None
     try:

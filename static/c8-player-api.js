@@ -31,7 +31,7 @@
   var TERMINAL_CLOSE_CODES = [1008, 4001, 4002, 4003, 4004, 4009];
   // After a fatal `{"error": "..."}` frame only these codes mean "come back later"; any other
   // close (notably 1006, when the close frame got lost) ends it, as PieSocket's SDKs do.
-  var RETRY_AFTER_FATAL_CODES = [1001, 1011, 4000, 4008, 4029];
+  var RETRY_AFTER_FATAL_CODES = [1001, 1011, 1013, 4000, 4008, 4029];
   var HEARTBEAT_CLOSE_CODE = 4000;
 
   // Lifecycle of one widget socket. Every transition goes through `_setState`.
@@ -610,7 +610,7 @@
       this._backoffFloor = BACKOFF_BASE_MS;
     }
     this._openedAt = 0;
-    if (code === 4029) {
+    if (code === 4029 || code === 1013) {
       this._backoffFloor = BACKOFF_RATE_LIMITED_MS;
     }
     var ceiling = Math.min(BACKOFF_CAP_MS, this._backoffFloor * Math.pow(2, this._attempt));
