@@ -27,7 +27,8 @@ REORDER_WINDOW = 0.1
 """Seconds a record ahead of a missing one is held back before the missing one is given up."""
 
 MAX_HELD = 1000
-"""Records held back per channel at most; past it the missing record is given up at once."""
+"""Records held back per channel at most; past it the missing record is given up at once (or,
+while the channel's position is not known yet, the oldest record held is dropped)."""
 
 
 class BrokerError(Exception):
@@ -66,9 +67,10 @@ class Broker(ABC):
     - `seq` is assigned in one place for the whole cluster, strictly increasing per channel.
     - Connection counts are cluster-wide; a node that dies without cleaning up stops being
       counted after a bounded time (the memory broker has one node, so it never needs to).
-    - Positions survive the engine losing them (a Redis restarted without persistence): the
-      channel starts a new epoch whose seqs continue above the store's last one and every seq
-      the nodes saw, and `takeover` says up to where clients of the old epoch can still resume.
+    - Positions survive the engine losing them (a Redis restarted without persistence) or
+      rolling them back (restarted from an older snapshot): the channel starts a new epoch whose
+      seqs continue above the store's last one and every seq the nodes saw, and `takeover` says
+      up to where clients of the old epoch can still resume.
     - The handler is called from the event loop and must not block.
     Failures of the engine raise `BrokerError`; so do `publish` and `subscribe` before `start` or
     after `close`, while `unsubscribe` and `remove_connection` after `close` do nothing (`close`
@@ -219,11 +221,12 @@ class ChannelOrder:
     `seq` order, holding back those that arrive ahead of a missing one (see `Broker`).
 
     Every broker feeds its records through one of these, so memory and network brokers share the
-    ordering rules. Until `begin` tells it where the channel stands, it only holds.
+    ordering rules. Until `begin` tells it where the channel stands, it only holds, dropping the
+    oldest record held past `max_held`.
     """
 
-    __slots__ = ("_deliver", "_held", "_max_held", "_next", "_ready", "_timer", "_window",
-                 "dropped")
+    __slots__ = ("_deliver", "_held", "_max_held", "_next", "_ready", "_shed", "_timer",
+                 "_window", "dropped")
 
     def __init__(self, deliver: RecordHandler, window: float = REORDER_WINDOW,
                  max_held: int = MAX_HELD) -> None:
@@ -234,7 +237,8 @@ class ChannelOrder:
         self._ready = False
         self._held: dict[int, Record] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self.dropped = 0  # records that turned up after their seq was given up
+        self._shed = 0  # records dropped since the channel's position became unknown
+        self.dropped = 0  # records that turned up after their seq was given up, or were shed
 
     def begin(self, last_seq: int | None) -> None:
         """Start delivering after `last_seq`, the channel's position when the subscription began;
@@ -242,6 +246,7 @@ class ChannelOrder:
         record held or to come."""
         self._next = None if last_seq is None else last_seq + 1
         self._ready = True
+        self._shed = 0
         if last_seq is not None:
             for seq in [seq for seq in self._held if seq <= last_seq]:
                 del self._held[seq]
@@ -263,6 +268,15 @@ class ChannelOrder:
         self._held[record.seq] = record
         if self._ready:
             self._drain()
+        elif len(self._held) > self._max_held:
+            # Waiting on an engine or a store that is down: keep the latest records only (the
+            # oldest held is the one that came first), so memory stays bounded.
+            del self._held[next(iter(self._held))]
+            self.dropped += 1
+            self._shed += 1
+            if self._shed == 1:
+                log.warning("more than %d records of %s held while its position is not known; "
+                            "dropping the oldest", self._max_held, record.key)
 
     def close(self) -> None:
         """Drop what is held; nothing is delivered any more."""

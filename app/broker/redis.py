@@ -1,6 +1,8 @@
 """The Redis broker: many nodes (Hypercorn workers or hosts) share channel positions, records,
 connection counts and presence through one Redis server (not Redis Cluster: the scripts touch
-keys they compute). The key layout and the scripts are in `app.broker.redis_engine`.
+keys they compute). The key layout and the scripts are in `app.broker.redis_engine`; what this
+node keeps of positions, counts and presence is in `redis_positions`, `redis_connections` and
+`redis_presence`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
 
 from app.broker.base import (
     REORDER_WINDOW,
@@ -33,7 +34,9 @@ from app.broker.base import (
     PresenceHandler,
     RecordHandler,
 )
-from app.broker.redis_engine import CONNECTIONS, POSITION, Keys, channel_tag, engine_errors
+from app.broker.redis_connections import Connections
+from app.broker.redis_engine import DRIVER_ERRORS, Keys, engine_errors
+from app.broker.redis_positions import Positions
 from app.broker.redis_presence import RedisPresence, decode_event
 from app.records import ChannelKey, Record
 
@@ -48,6 +51,9 @@ ENGINE_TIMEOUT = 5.0
 RECONNECT_CAP = 0.5
 """Longest pause, in seconds, between two attempts of the pub/sub reader to reconnect: records
 published before it is back are missed by this node, so it keeps trying often."""
+
+RESUME_CAP = 5.0
+"""Longest pause, in seconds, between two attempts to settle a channel subscribed again."""
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(Record))
 
@@ -76,14 +82,6 @@ class _Subscription:
     order: ChannelOrder
 
 
-@dataclasses.dataclass(frozen=True)
-class _Takeover:
-    """What this node learnt of how the channel's current epoch began."""
-
-    base: int
-    prev: str
-
-
 class RedisBroker(Broker):
     """One command connection pool and one pub/sub connection per node; the pub/sub connection
     subscribes only to channels this node has members in.
@@ -95,11 +93,12 @@ class RedisBroker(Broker):
     After a dropped connection the pub/sub reader reconnects and subscribes again; records
     published meanwhile are missed by this node (at most once; a client resuming with `since`
     gets the persistent ones back from the store). Each channel subscribed again holds its
-    records until this node has settled the channel's position with what it saw (see `POSITION`
-    in `app.broker.redis_engine`): a Redis that came back empty gets positions above every seq
-    the nodes delivered, and the node learns the epoch its next records belong to. Until every
-    node that delivered records has settled, a position restored by a node that saw less can
-    repeat seqs; the first settling node that saw more starts another epoch above them.
+    records until this node has settled the channel's position with what it saw and the store's
+    last seq (see `POSITION` in `app.broker.redis_engine`): a Redis that came back empty, or
+    from an older copy, gets positions above every seq the nodes delivered, and the node learns
+    the epoch its next records belong to. Until every node that delivered records has settled, a
+    position restored by a node that saw less can repeat seqs; the first settling node that saw
+    more starts another epoch above them.
     """
 
     def __init__(
@@ -125,18 +124,13 @@ class RedisBroker(Broker):
         self._window = reorder_window
         self._state = BrokerState.NEW
         self._handler: RecordHandler | None = None
-        self._last_stored: LastStored | None = None
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[None]] = set()
         self._subscriptions: dict[bytes, _Subscription] = {}  # by pub/sub channel name
         self._confirmations: dict[bytes, deque[asyncio.Future[None]]] = {}
-        self._epochs: dict[ChannelKey, str] = {}
-        self._takeovers: dict[ChannelKey, _Takeover] = {}
-        self._floors: dict[ChannelKey, int] = {}  # the highest seq seen per channel
-        self._members: dict[ChannelKey, set[str]] = {}  # this node's counted members
-        self._position = self._redis.register_script(POSITION)
-        self._connections = self._redis.register_script(CONNECTIONS)
+        self._positions = Positions(self._redis, self._keys)
+        self._connections = Connections(self._redis, self._keys)
         self._presence: RedisPresence | None = None
         self._presence_handler: PresenceHandler | None = None
 
@@ -148,13 +142,17 @@ class RedisBroker(Broker):
             await self._redis.set(self._keys.beat, b"1", px=self._ttl_ms)
             pubsub = self._redis.pubsub()
             await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-        except (RedisError, OSError) as error:
+        except DRIVER_ERRORS as error:
             await self._redis.aclose()
             self._state = BrokerState.CLOSED
             raise BrokerError(f"cannot reach Redis: {error}") from error
+        # Called on every later connect: Redis may have restarted, empty or from an older copy.
+        # (redis-py types the pub/sub's connection as always None.)
+        pubsub.connection.register_connect_callback(  # type: ignore[attr-defined]
+            self._reconnected)
         self._pubsub = pubsub
         self._handler = handler
-        self._last_stored = last_stored
+        self._positions.last_stored = last_stored
         self._state = BrokerState.STARTED
         self._tasks = [
             asyncio.create_task(self._read(pubsub), name="redis-broker-reader"),
@@ -186,7 +184,7 @@ class RedisBroker(Broker):
         if started:
             try:
                 await self._forget_node()
-            except (RedisError, OSError) as error:
+            except DRIVER_ERRORS as error:
                 log.warning("could not remove this node's connections from Redis: %s", error)
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -197,77 +195,38 @@ class RedisBroker(Broker):
         async with self._redis.pipeline(transaction=False) as pipe:
             if self._presence is not None:
                 await self._presence.forget(pipe)
-            for key in self._members:
-                pipe.delete(self._keys.per_node("members", key))
-                pipe.srem(self._keys.of("nodes", key), self.node_id)
+            await self._connections.forget(pipe)
             pipe.delete(self._keys.beat)
             await pipe.execute()
-        self._members.clear()
+
+    def _reconnected(self, connection: object) -> None:
+        """The pub/sub connection was made again (redis-py calls this on every reconnect)."""
+        self._positions.reconnected()
 
     # positions ----------------------------------------------------------------------------------
 
     def epoch(self, key: ChannelKey) -> str:
-        epoch = self._epochs.get(key)
-        if epoch is None:
-            raise BrokerError(f"the epoch of {key} is not known yet: call raise_seq first")
-        return epoch
+        return self._positions.epoch(key)
 
     def takeover(self, key: ChannelKey, epoch: str) -> int | None:
-        takeover = self._takeovers.get(key)
-        if takeover is None or not takeover.prev or takeover.prev != epoch:
-            return None
-        return takeover.base
+        return self._positions.takeover(key, epoch)
 
     async def raise_seq(self, key: ChannelKey, at_least: int) -> None:
         # `at_least` is the store's last seq, so a missing position may be made from it directly.
-        await self._settle(key, at_least, create=True)
+        with self._engine("settle a position"):
+            await self._positions.settle(key, at_least, create=True)
 
     async def last_seq(self, key: ChannelKey) -> int:
         with self._engine("read a seq"):
-            position: list[Any] = await self._redis.hmget(
-                self._keys.of("pos", key), ["seq", "epoch", "base", "prev"])
-        if position[0] is None:
-            return 0
-        self._learn(key, position)
-        return int(position[0])
+            return await self._positions.last_seq(key)
 
     async def next_seq(self, key: ChannelKey) -> int:
-        return await self._settle(key, 0, reserve=True)
+        with self._engine("reserve a seq"):
+            return await self._positions.settle(key, 0, reserve=True)
 
-    async def _settle(self, key: ChannelKey, at_least: int, *, create: bool = False,
-                      reserve: bool = False) -> int:
-        """Run `POSITION` with what this node saw; a position Redis lost is made again above the
-        store's last seq too. Returns the channel's seq afterwards."""
+    async def _settle(self, key: ChannelKey) -> int:
         with self._engine("settle a position"):
-            position = await self._run_position(key, at_least, create, reserve)
-            if position is None:
-                assert self._last_stored is not None
-                stored = await self._last_stored(key)
-                position = await self._run_position(key, max(at_least, stored), True, reserve)
-                assert position is not None  # made when missing
-        self._learn(key, position)
-        return int(position[0])
-
-    async def _run_position(self, key: ChannelKey, at_least: int, create: bool,
-                            reserve: bool) -> list[bytes] | None:
-        top = max(at_least, self._floors.get(key, 0))
-        result: list[bytes] | None = await self._position(
-            keys=[self._keys.of("pos", key)],
-            args=[top, self._epochs.get(key, ""), secrets.token_hex(6), int(create),
-                  int(reserve)],
-        )
-        return result
-
-    def _learn(self, key: ChannelKey, position: list[bytes]) -> None:
-        """Remember the channel's position as Redis answered it: seq, epoch, base, prev."""
-        seq, epoch, base, prev = position
-        self._epochs[key] = epoch.decode()
-        self._takeovers[key] = _Takeover(int(base), prev.decode())
-        self._see(key, int(seq))
-
-    def _see(self, key: ChannelKey, seq: int) -> None:
-        if self._floors.get(key, 0) < seq:
-            self._floors[key] = seq
+            return await self._positions.settle(key, 0)
 
     # records ------------------------------------------------------------------------------------
 
@@ -291,13 +250,13 @@ class RedisBroker(Broker):
                 # Read the position only once Redis confirms: every seq reserved after this read
                 # is published after the subscription, so it reaches this node.
                 await asyncio.wait_for(asyncio.shield(confirmed), ENGINE_TIMEOUT)
-                last = await self._settle(key, 0)
+                last = await self._settle(key)
             except BaseException:
                 self._drop_waiter(name, confirmed)
                 if self._subscriptions.get(name) is subscription:
                     del self._subscriptions[name]
                     subscription.order.close()
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(*DRIVER_ERRORS):
                         await self._pubsub.unsubscribe(name)
                 raise
         if self._subscriptions.get(name) is subscription:  # not unsubscribed meanwhile
@@ -315,7 +274,7 @@ class RedisBroker(Broker):
 
     def _deliver(self, record: Record) -> None:
         if self._state is BrokerState.STARTED and self._handler is not None:
-            self._see(record.key, record.seq)
+            self._positions.see(record.key, record.seq)
             self._handler(record)
 
     async def _read(self, pubsub: PubSub) -> None:
@@ -326,7 +285,7 @@ class RedisBroker(Broker):
         while True:
             try:
                 message = await pubsub.get_message(timeout=None)
-            except (RedisError, OSError) as error:
+            except DRIVER_ERRORS as error:
                 log.warning("Redis pub/sub connection lost (%s); retrying in %.2fs", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_CAP)
@@ -373,15 +332,21 @@ class RedisBroker(Broker):
                 task.add_done_callback(self._settling.discard)
 
     async def _resume(self, name: bytes, subscription: _Subscription) -> None:
-        """Settle a channel subscribed again with what this node saw, then let its records
-        through (from the lowest: numbering may have started again in a new epoch)."""
-        try:
-            await self._settle(subscription.key, 0)
-        except BrokerError as error:
-            log.warning("could not settle the position of %s after a reconnect: %s",
-                        subscription.key, error)
-        if self._subscriptions.get(name) is subscription:
+        """Settle a channel subscribed again with what this node saw and the store holds, then
+        let its records through (from the lowest: numbering may have started again in a new
+        epoch). Until it has settled, trying again with a backoff, the channel only holds."""
+        delay = 0.05
+        while self._subscriptions.get(name) is subscription:
+            try:
+                await self._settle(subscription.key)
+            except Exception:
+                log.warning("could not settle the position of %s after a reconnect; retrying "
+                            "in %.2fs", subscription.key, delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESUME_CAP)
+                continue
             subscription.order.begin(None)
+            return
 
     def _drop_waiter(self, name: bytes, waiter: asyncio.Future[None]) -> None:
         waiters = self._confirmations.get(name)
@@ -393,38 +358,18 @@ class RedisBroker(Broker):
     # connections --------------------------------------------------------------------------------
 
     async def add_connection(self, key: ChannelKey, member_id: str) -> int:
-        members = self._members.setdefault(key, set())
-        members.add(member_id)
-        try:
-            return await self._count("add", key, member_id)
-        except BrokerError:
-            # Not counted: don't let a heartbeat register it later either.
-            members.discard(member_id)
-            if not members:
-                self._members.pop(key, None)
-            raise
+        with self._engine("count a connection"):
+            return await self._connections.add(key, member_id)
 
     async def remove_connection(self, key: ChannelKey, member_id: str) -> int:
         if self._state is BrokerState.CLOSED:
             return 0
-        members = self._members.get(key)
-        if members is not None:
-            members.discard(member_id)
-            if not members:
-                del self._members[key]
-        return await self._count("remove", key, member_id)
+        with self._engine("uncount a connection"):
+            return await self._connections.remove(key, member_id)
 
     async def count_connections(self, key: ChannelKey) -> int:
-        return await self._count("count", key, "")
-
-    async def _count(self, op: str, key: ChannelKey, member_id: str) -> int:
         with self._engine("count connections"):
-            total = await self._connections(
-                keys=[self._keys.of("nodes", key)],
-                args=[op, self.node_id, member_id, f"{self._keys.prefix}members:",
-                      f":{channel_tag(key)}", self._keys.beats],
-            )
-        return int(total)
+            return await self._connections.count(key)
 
     async def _beat(self) -> None:
         """Keep this node's heartbeat alive; if it had expired, count this node's members again.
@@ -434,22 +379,15 @@ class RedisBroker(Broker):
             try:
                 previous = await self._redis.set(
                     self._keys.beat, b"1", px=self._ttl_ms, get=True)
-                if previous is None and self._members:
+                if previous is None and self._connections:
                     log.warning("this node's heartbeat had expired; registering its members again")
-                    await self._register_members()
+                    await self._connections.restore()
                 if self._presence is not None:
                     await self._presence.beat(expired=previous is None)
-            except (RedisError, OSError) as error:
+            except DRIVER_ERRORS as error:
                 log.warning("Redis heartbeat failed: %s", error)
             except Exception:
                 log.exception("Redis heartbeat failed")
-
-    async def _register_members(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, members in list(self._members.items()):
-                pipe.sadd(self._keys.per_node("members", key), *members)
-                pipe.sadd(self._keys.of("nodes", key), self.node_id)
-            await pipe.execute()
 
     # presence -----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import redis
 from app.broker.base import Broker, Presence, PresenceEvent
 from app.broker.memory import MemoryBroker
 from app.broker.redis import RedisBroker
+from app.errors import StoreError
 from app.records import ChannelKey, Record
 from tests.live import UNIT
 from tests.store.conftest import postgres_cluster, postgres_url  # noqa: F401 - shared fixtures
@@ -107,19 +108,25 @@ GRACE = 0.3 * UNIT
 
 class Peer:
     """One node: a started broker with its presence and, in order, the records and presence
-    events its handlers were given. `stored` plays the store: the last seq of each channel."""
+    events its handlers were given. `stored` plays the store: the last seq of each channel; while
+    `store_down`, asking it fails like a store that cannot be reached (and is counted)."""
 
     def __init__(self, broker: Broker, grace: float = GRACE) -> None:
         self.broker = broker
         self.records: list[Record] = []
         self.events: list[PresenceEvent] = []
         self.stored: dict[ChannelKey, int] = {}
+        self.store_down = False
+        self.store_failures = 0
         self.presence: Presence = broker.presence(grace, self.events.append)
 
     def handle(self, record: Record) -> None:
         self.records.append(record)
 
     async def last_stored(self, key: ChannelKey) -> int:
+        if self.store_down:
+            self.store_failures += 1
+            raise StoreError("store unreachable")
         return self.stored.get(key, 0)
 
     async def start(self) -> Peer:

@@ -22,6 +22,7 @@ from app.broker.base import BrokerError, PresenceChange, PresenceEvent, Presence
 from app.broker.memory import MemoryBroker
 from app.broker.redis import RedisBroker
 from app.broker.redis_engine import channel_tag
+from app.broker.redis_presence import RedisPresence
 from app.errors import ConfigError
 from app.records import ChannelKey, Record, now_ms, record_id
 from tests.broker.conftest import Cluster, Peer, RedisServer, free_port, require_redis_server
@@ -77,6 +78,18 @@ def lose_position(cluster: Cluster, key: ChannelKey) -> None:
     """What a Redis restarted without persistence does to a channel, without the restart."""
     with redis.Redis.from_url(cluster.url) as client:
         assert client.delete(f"{cluster.prefix}pos:{channel_tag(key)}") == 1
+
+
+def set_position_back(cluster: Cluster, key: ChannelKey, seq: int) -> None:
+    """What a Redis restored from an older snapshot does to a channel (its epoch, an older seq),
+    without the restore."""
+    with redis.Redis.from_url(cluster.url) as client:
+        assert client.hset(f"{cluster.prefix}pos:{channel_tag(key)}", "seq", seq) == 0
+
+
+def needs_redis(cluster: Cluster) -> None:
+    if cluster.kind != "redis":
+        pytest.skip("only the redis broker has an engine that can lose or roll back its state")
 
 
 def distinct(*peers: Peer) -> list[Peer]:
@@ -226,11 +239,12 @@ async def test_epoch_is_stable_and_shared_by_every_node(cluster: Cluster) -> Non
     """A channel's epoch is a non-empty string that stays put and is the same on every node."""
     a, b = await cluster.node(), await cluster.node()
     key = new_channel()
-    await a.broker.raise_seq(key, 0)
+    await a.broker.raise_seq(key, 5)
     epoch = a.broker.epoch(key)
     assert isinstance(epoch, str) and epoch
-    await b.broker.raise_seq(key, 5)
+    await b.broker.raise_seq(key, 5)  # both nodes seed from the same store
     await b.broker.next_seq(key)
+    await b.broker.raise_seq(key, 2)
     await a.broker.next_seq(key)
     assert a.broker.epoch(key) == b.broker.epoch(key) == epoch
 
@@ -300,6 +314,34 @@ async def test_a_position_restored_from_stale_knowledge_starts_again_above(
     assert knows_more.broker.takeover(key, lost) == 10
     assert knows_more.broker.takeover(key, hasty) is None
     assert await knows_less.broker.next_seq(key) == 12
+
+
+async def test_a_position_set_back_in_its_epoch_continues_above_every_seq_known(
+    cluster: Cluster,
+) -> None:
+    """When Redis restores an older copy of a position (its epoch, a lower seq), the next call of
+    a node that saw more starts a new epoch above what it saw, taking over from the restored one;
+    a node settling with the store's last seq starts above that; the others continue above."""
+    needs_redis(cluster)
+    a, b = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await b.broker.raise_seq(key, 0)
+    for _ in range(10):
+        await a.broker.next_seq(key)
+    restored = a.broker.epoch(key)
+
+    set_position_back(cluster, key, 4)
+    assert await a.broker.next_seq(key) == 11
+    assert a.broker.epoch(key) != restored and a.broker.takeover(key, restored) == 10
+    assert await b.broker.next_seq(key) == 12
+    assert b.broker.epoch(key) == a.broker.epoch(key)
+
+    set_position_back(cluster, key, 4)
+    restored = a.broker.epoch(key)
+    seeding = await cluster.node()
+    await seeding.broker.raise_seq(key, 30)  # the store's last seq, as the node seeds with
+    assert seeding.broker.takeover(key, restored) == 30
+    assert await b.broker.next_seq(key) == 31
 
 
 # records ----------------------------------------------------------------------------------------
@@ -414,6 +456,27 @@ async def test_a_killed_node_stops_being_counted_within_its_ttl(cluster: Cluster
     assert await until_async(lambda: count_is(1), ttl / UNIT + 5)
 
 
+async def test_a_node_whose_heartbeat_expired_counts_its_members_again(
+    cluster: Cluster,
+) -> None:
+    """A node taken for dead (its heartbeat expired: it stalled, or Redis restarted) counts its
+    members again on its next heartbeat, only those it still has."""
+    needs_nodes(cluster)
+    a = await cluster.node(heartbeat_ttl=0.5 * UNIT)
+    b = await cluster.node()
+    key = new_channel()
+    await a.broker.add_connection(key, "a:1")
+    await a.broker.add_connection(key, "a:2")
+    await b.broker.add_connection(key, "b:1")
+    assert isinstance(a.broker, RedisBroker)
+    with redis.Redis.from_url(cluster.url) as client:
+        client.delete(f"{cluster.prefix}node:{a.broker.node_id}")
+    assert await b.broker.count_connections(key) == 1
+    await a.broker.remove_connection(key, "a:2")
+    assert await until_async(lambda: _count_is(b, key, 2), 5)
+    assert not await until_async(lambda: _count_is(b, key, 3), 1)
+
+
 async def test_live_node_with_a_short_ttl_stays_counted(cluster: Cluster) -> None:
     """A node's own heartbeat keeps its members counted across many TTLs."""
     needs_nodes(cluster)
@@ -503,6 +566,59 @@ async def test_coming_back_within_the_grace_period_is_neither_leave_nor_join(
     await a.presence.leave(key, "a:1")
     assert await b.presence.join(key, "b:1", "u-ann", "ann") == [ANN]
     assert not await until(lambda: len(a.events) > 1 or len(b.events) > 1, 3 * grace / UNIT)
+
+
+async def test_a_join_and_a_leave_of_one_uuid_overlapping_keep_it_present(
+    cluster: Cluster,
+) -> None:
+    """A uuid's new connection joining while its old one leaves on the same node (a page
+    reloaded), in either order, keeps the uuid in the roster without any event; its last
+    connection leaving still announces it."""
+    grace = 0.3 * UNIT
+    a = await cluster.node(grace=grace)
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await a.presence.join(key, "a:1", "u-ann", "ann")
+    roster, _ = await asyncio.gather(a.presence.join(key, "a:2", "u-ann", "ann"),
+                                     a.presence.leave(key, "a:1"))
+    assert roster == [ANN]
+    assert not await until(lambda: len(a.events) > 1, 3 * grace / UNIT)
+    await asyncio.gather(a.presence.leave(key, "a:2"), a.presence.join(key, "a:3", "u-ann", "ann"))
+    assert not await until(lambda: len(a.events) > 1, 3 * grace / UNIT)
+    assert a.events == [joined(key, ANN, ANN)]
+    await a.presence.leave(key, "a:3")
+    assert await until(lambda: a.events[1:] == [left(key, ANN)])
+
+
+async def test_a_connection_leaving_while_it_joins_is_not_left_behind(cluster: Cluster) -> None:
+    """A connection that leaves while its join is still on its way is announced and then leaves
+    like any other."""
+    a = await cluster.node()
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await asyncio.gather(a.presence.join(key, "a:1", "u-ann", "ann"),
+                         a.presence.leave(key, "a:1"))
+    assert await until(lambda: a.events == [joined(key, ANN, ANN), left(key, ANN)])
+
+
+async def test_a_restore_keeps_a_join_on_its_way(cluster: Cluster) -> None:
+    """The heartbeat restoring a node's connections while one of them is still joining neither
+    drops it nor adds it silently: its uuid is announced once and stays."""
+    needs_redis(cluster)
+    grace = 0.3 * UNIT
+    a = await cluster.node(grace=grace, heartbeat_ttl=UNIT)  # its heartbeat sweeps often
+    presence = a.presence
+    assert isinstance(presence, RedisPresence)
+    key = new_channel()
+    await a.broker.subscribe(key)
+    await presence.join(key, "a:1", "u-ann", "ann")
+    await asyncio.gather(presence.join(key, "a:2", "u-bob", None), presence.beat(expired=True))
+    await asyncio.gather(presence.beat(expired=True), presence.join(key, "a:3", "u-cy", "cy"))
+    cy = PresenceMember("u-cy", "cy")
+    assert await until(lambda: len(a.events) >= 3)
+    assert not await until(lambda: len(a.events) > 3, 2)
+    assert a.events == [joined(key, ANN, ANN), joined(key, BOB, ANN, BOB),
+                        joined(key, cy, ANN, BOB, cy)]
 
 
 async def test_presence_events_reach_subscribed_nodes_only(cluster: Cluster) -> None:
@@ -643,6 +759,79 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
             return roster == [ANN, BOB]
 
         assert await until_async(roster_restored, 10)
+    finally:
+        await cluster.close()
+        server.stop()
+
+
+async def test_a_redis_restored_from_an_old_snapshot_never_repeats_a_seq(
+    tmp_path: Path,
+) -> None:
+    """Redis restarts from a snapshot older than the seqs it handed out since: once the nodes
+    have subscribed again, seqs continue above every seq they delivered and the store's last
+    one, in a new epoch that took over from the snapshot's."""
+    require_redis_server()
+    server = RedisServer(tmp_path).start()
+    cluster = Cluster("redis", server.url, "c8ws-snapshot:")
+    try:
+        a, b = await cluster.node(), await cluster.node()
+        key = new_channel()
+        for peer in (a, b):
+            await peer.broker.raise_seq(key, 0)
+            await peer.broker.subscribe(key)
+        await publish(a, key)
+        await publish(a, key)
+        with redis.Redis(port=server.port) as client:
+            client.save()  # the snapshot: seq 2
+        for _ in range(6):
+            await publish(a, key)
+        assert await until(lambda: b.seqs == list(range(1, 9)))
+        a.stored[key] = b.stored[key] = 10  # persistent records no node delivered
+        old = a.broker.epoch(key)
+
+        server.stop()
+        server = RedisServer(tmp_path, server.port).start()
+        assert await until(lambda: old not in (a.broker.epoch(key), b.broker.epoch(key)), 20)
+        assert a.broker.takeover(key, old) == b.broker.takeover(key, old) == 10
+        after = await publish(b, key)
+        assert after.seq == 11
+        assert await until(lambda: a.records[-1:] == [after])
+    finally:
+        await cluster.close()
+        server.stop()
+
+
+async def test_a_channel_subscribed_again_while_the_store_is_down_delivers_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Redis restarts empty while the store cannot answer either: the node keeps trying to
+    settle the channel, and its records flow again once the store is back."""
+    require_redis_server()
+    server = RedisServer(tmp_path).start()
+    cluster = Cluster("redis", server.url, "c8ws-store-down:")
+    try:
+        a, b = await cluster.node(), await cluster.node()
+        key = new_channel()
+        await a.broker.raise_seq(key, 0)
+        await a.broker.subscribe(key)
+        first = await publish(b, key)
+        assert await until(lambda: a.records == [first])
+        a.store_down = True
+
+        server.stop()
+        server = RedisServer(tmp_path, server.port).start()
+        assert await until(lambda: a.store_failures >= 3, 20)  # failed, and tried again
+        a.store_down = False
+
+        async def delivered_again() -> bool:
+            try:
+                await publish(b, key)
+            except BrokerError:
+                return False
+            return await until(lambda: len(a.records) > 1, 0.2)
+
+        assert await until_async(delivered_again, 20)
+        assert a.records[1].seq > first.seq
     finally:
         await cluster.close()
         server.stop()
