@@ -250,7 +250,9 @@ class Node:
     async def position(self, key: ChannelKey) -> tuple[str, int]:
         """The channel's epoch and latest seq, for the welcome frame."""
         await self._seed(key)
-        return self.broker.epoch(key), await self.broker.last_seq(key)
+        # The seq first: reading it may teach the broker a new epoch, which the seq belongs to.
+        seq = await self.broker.last_seq(key)
+        return self.broker.epoch(key), seq
 
     async def _last_stored(self, key: ChannelKey) -> int:
         return await self.store.last_seq(*key)
