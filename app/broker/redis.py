@@ -80,6 +80,7 @@ def decode_record(fields: dict[str, Any]) -> Record:
 class _Subscription:
     key: ChannelKey
     order: ChannelOrder
+    resuming: asyncio.Task[None] | None = None  # settling it after a reconnect
 
 
 class RedisBroker(Broker):
@@ -324,10 +325,14 @@ class RedisBroker(Broker):
                 if not waiter.done():
                     waiter.set_result(None)
             elif (subscription := self._subscriptions.get(name)) is not None:
-                # Subscribed again after a reconnect: Redis may have lost the position.
+                # Subscribed again after a reconnect: Redis may have lost the position. One
+                # resume at a time: an earlier one beginning late would reorder the records.
                 subscription.order.resync()
+                if subscription.resuming is not None:
+                    subscription.resuming.cancel()
                 task = asyncio.create_task(self._resume(name, subscription),
                                            name="redis-broker-resume")
+                subscription.resuming = task
                 self._settling.add(task)
                 task.add_done_callback(self._settling.discard)
 
