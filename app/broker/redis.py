@@ -48,6 +48,9 @@ HEARTBEAT_TTL = 10.0
 ENGINE_TIMEOUT = 5.0
 """Seconds to wait for Redis to answer (a command, or a subscription's confirmation)."""
 
+POOL_SIZE = 64
+"""Connections to Redis per node; commands beyond wait for one (at most ENGINE_TIMEOUT)."""
+
 RECONNECT_CAP = 0.5
 """Longest pause, in seconds, between two attempts of the pub/sub reader to reconnect: records
 published before it is back are missed by this node, so it keeps trying often."""
@@ -111,13 +114,18 @@ class RedisBroker(Broker):
         reorder_window: float = REORDER_WINDOW,
     ) -> None:
         # A short retry: a node is better off failing a publish fast than stalling its members.
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            socket_connect_timeout=ENGINE_TIMEOUT,
-            socket_timeout=ENGINE_TIMEOUT,
-            socket_keepalive=True,
-        )
+        # A blocking pool: when every connection is busy (a thousand members joining at once),
+        # a command waits for one instead of failing with "too many connections".
+        self._redis: aioredis.Redis = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_SIZE,
+                timeout=ENGINE_TIMEOUT,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+                socket_connect_timeout=ENGINE_TIMEOUT,
+                socket_timeout=ENGINE_TIMEOUT,
+                socket_keepalive=True,
+            ))
         self.node_id = secrets.token_hex(6)
         self._keys = Keys(prefix, self.node_id)
         self._ttl_ms = max(1, round(heartbeat_ttl * 1000))
