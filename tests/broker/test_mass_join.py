@@ -1,15 +1,18 @@
-"""Many members joining one node on the redis broker at once: every one is welcomed."""
+"""Joining a node on the redis broker: a burst of joins, and joins while Redis is down."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
+import orjson
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.broker.conftest import RedisServer
-from tests.live import Server, connect, recv_kind
+from tests.live import Server, connect, recv, recv_kind
 
 pytestmark = pytest.mark.asyncio
 MEMBERS = 400  # more than redis-py's default pool of 100 connections
@@ -28,3 +31,33 @@ async def test_hundreds_joining_at_once_are_all_welcomed(
         welcomes = await asyncio.gather(*(recv_kind(c, "welcome", 30) for c in clients))
     assert len(welcomes) == MEMBERS
     assert max(w["connections"] for w in welcomes) == MEMBERS
+
+
+async def test_joining_while_redis_is_down_is_refused_with_try_again_later(
+        make_server: Callable[..., Server], tmp_path: Path) -> None:
+    """Without its broker a node cannot count or subscribe a member: the client gets a fatal
+    frame and close 1013, and is welcomed once Redis is back."""
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        server = make_server({"C8WS_BROKER_URL": redis.url})
+        url = server.ws("/c8/outage?api_key=demo")
+        redis.stop()
+        async with await connect(url) as client:
+            assert "broker" in orjson.loads(await recv(client, 30))["error"]
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(client, 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        redis.start()
+        for _ in range(100):  # the node reconnects by itself
+            try:
+                async with await connect(url) as client:
+                    # (its count may read 0 until the node's next heartbeat re-registers it)
+                    assert (await recv_kind(client, "welcome", 30))["channel"] == "outage"
+                    break
+            except ConnectionClosed:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("never welcomed after Redis came back")
+    finally:
+        redis.stop()
