@@ -8,7 +8,6 @@ node keeps of positions, counts and presence is in `redis_positions`, `redis_con
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -35,7 +34,13 @@ from app.broker.base import (
     RecordHandler,
 )
 from app.broker.redis_connections import Connections
-from app.broker.redis_engine import DRIVER_ERRORS, Keys, engine_errors
+from app.broker.redis_engine import (
+    DRIVER_ERRORS,
+    Keys,
+    decode_record,
+    encode_record,
+    engine_errors,
+)
 from app.broker.redis_positions import Positions
 from app.broker.redis_presence import RedisPresence, decode_event
 from app.records import ChannelKey, Record
@@ -57,27 +62,6 @@ published before it is back are missed by this node, so it keeps trying often.""
 
 RESUME_CAP = 5.0
 """Longest pause, in seconds, between two attempts to settle a channel subscribed again."""
-
-_FIELDS = tuple(field.name for field in dataclasses.fields(Record))
-
-
-def encode_record(record: Record) -> bytes:
-    """The record as it crosses Redis: JSON of every field, a binary frame in base64."""
-    fields = {name: getattr(record, name) for name in _FIELDS}
-    if record.binary is not None:
-        fields["binary"] = base64.b64encode(record.binary).decode("ascii")
-    try:
-        return orjson.dumps(fields)
-    except TypeError as error:
-        raise BrokerError(f"record {record.seq} of {record.key} is not JSON: {error}") from error
-
-
-def decode_record(fields: dict[str, Any]) -> Record:
-    """The Record `encode_record` was given (parsed from its JSON), every field equal."""
-    if fields["binary"] is not None:
-        fields["binary"] = base64.b64decode(fields["binary"])
-    return Record(**fields)
-
 
 @dataclasses.dataclass
 class _Subscription:
@@ -291,7 +275,9 @@ class RedisBroker(Broker):
         confirmations to subscribers. A lost connection is retried with a short backoff;
         redis-py subscribes again on reconnect."""
         delay = 0.05
-        while True:
+        # Until closed, not only until cancelled: a cancellation can reach a driver call as a
+        # timeout or connection error, which this loop would otherwise survive.
+        while self._state is BrokerState.STARTED:
             try:
                 message = await pubsub.get_message(timeout=None)
             except DRIVER_ERRORS as error:
@@ -386,8 +372,8 @@ class RedisBroker(Broker):
 
     async def _beat(self) -> None:
         """Keep this node's heartbeat alive; if it had expired, count this node's members again.
-        Then let presence restore and sweep."""
-        while True:
+        Then let presence restore and sweep. Until closed, like the reader."""
+        while self._state is BrokerState.STARTED:
             await asyncio.sleep(self._beat_every)
             try:
                 previous = await self._redis.set(

@@ -1,6 +1,6 @@
 """What the Redis broker and its presence share: where a cluster's state lives in Redis, the Lua
-scripts that change one channel's keys atomically, the translation of driver errors, and the gate
-that keeps a restore from crossing the changes it replaces.
+scripts that change one channel's keys atomically, how records cross it, the translation of
+driver errors, and the gate that keeps a restore from crossing the changes it replaces.
 
 Layout, everything under the key prefix (default `c8ws:`), a channel written as
 `<len(app)>:<app>:<channel>` so no two channels share a key:
@@ -19,13 +19,17 @@ Layout, everything under the key prefix (default `c8ws:`), a channel written as
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 
 from app.broker.base import BrokerError
-from app.records import ChannelKey
+from app.records import ChannelKey, Record
 
 
 def channel_tag(key: ChannelKey) -> str:
@@ -46,9 +50,26 @@ class Keys:
         """`<prefix><kind>:<channel>`."""
         return f"{self.prefix}{kind}:{channel_tag(key)}"
 
-    def per_node(self, kind: str, key: ChannelKey, node: str | None = None) -> str:
-        """`<prefix><kind>:<node>:<channel>`, this node's unless `node` is given."""
-        return f"{self.prefix}{kind}:{node or self.node}:{channel_tag(key)}"
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(Record))
+
+
+def encode_record(record: Record) -> bytes:
+    """The record as it crosses Redis: JSON of every field, a binary frame in base64."""
+    fields = {name: getattr(record, name) for name in _FIELDS}
+    if record.binary is not None:
+        fields["binary"] = base64.b64encode(record.binary).decode("ascii")
+    try:
+        return orjson.dumps(fields)
+    except TypeError as error:
+        raise BrokerError(f"record {record.seq} of {record.key} is not JSON: {error}") from error
+
+
+def decode_record(fields: dict[str, Any]) -> Record:
+    """The Record `encode_record` was given (parsed from its JSON), every field equal."""
+    if fields["binary"] is not None:
+        fields["binary"] = base64.b64decode(fields["binary"])
+    return Record(**fields)
 
 
 DRIVER_ERRORS = (RedisError, OSError, TimeoutError)
@@ -152,7 +173,9 @@ if op ~= 'count' then
 end
 local total = 0
 for _, each in ipairs(redis.call('SMEMBERS', nodes)) do
-  if redis.call('EXISTS', beats .. each) == 1 then
+  -- The calling node is alive, even when Redis lost its heartbeat key (a restart) and its next
+  -- beat has not come yet.
+  if each == node or redis.call('EXISTS', beats .. each) == 1 then
     total = total + redis.call('SCARD', members .. each .. suffix)
   else
     redis.call('DEL', members .. each .. suffix)
