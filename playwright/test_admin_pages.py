@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -58,9 +59,33 @@ def test_connections_view_follows_joins_and_leaves(page: Page, live: Server) -> 
         members = page.locator("tr.members:visible tbody tr")
         expect(members).to_have_count(1)
         expect(members.first).to_contain_text(XSS_NAME)
-        page.screenshot(path=str(README_IMAGES / "connections.png"), full_page=True)
     expect(row).to_have_count(0, timeout=1000 * UNIT)
     assert page.evaluate("window.__xss") is None
+
+
+def test_connections_view_as_the_readme_shows_it(page: Page, live: Server) -> None:
+    """Two busy channels, one expanded: each row counts its members, the expanded one lists
+    them by name (the README's screenshot)."""
+    poll, chat = fresh("poll"), fresh("chat")
+    with contextlib.ExitStack() as stack:
+        voters = [stack.enter_context(member(live, poll, username=name, persistent=True))
+                  for name in ("alice", "bob", "carol")]
+        for name in ("dave", "erin"):
+            stack.enter_context(member(live, chat, username=name))
+        sign_in(page, live, "/connections")
+        for number in range(30):
+            voters[number % 3].send(json.dumps({"publish": {"data": {"vote": number % 2}}}))
+        poll_row = page.locator(f'tr.channel[data-channel="{poll}"]')
+        expect(poll_row.locator("td").nth(2)).to_have_text("3", timeout=1000 * UNIT)
+        expect(page.locator(f'tr.channel[data-channel="{chat}"] td').nth(2)).to_have_text(
+            "2", timeout=1000 * UNIT)
+        expect(poll_row.locator("td").nth(3)).not_to_have_text("0.0", timeout=5000 * UNIT)
+        poll_row.get_by_role("button").first.click()
+        members = page.locator("tr.members:visible tbody tr")
+        expect(members).to_have_count(3)
+        for name in ("alice", "bob", "carol"):
+            expect(page.locator("tr.members:visible")).to_contain_text(name)
+        page.screenshot(path=str(README_IMAGES / "connections.png"), full_page=True)
 
 
 def test_disconnect_from_the_page_closes_with_4000(page: Page, live: Server) -> None:
