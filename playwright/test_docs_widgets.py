@@ -29,6 +29,24 @@ def examples() -> dict[str, str]:
     return {m.group(1): m.group(3) for m in NAMED.finditer(DOC.read_text(encoding="utf-8"))}
 
 
+def saved_widget_ids(live: Server) -> set[str]:
+    status, body, _ = Client(live.http).request("GET", "/api/widgets",
+                                                headers={"X-Api-Key": "demo"})
+    assert status == 200
+    return {widget["id"] for widget in body["widgets"] if not widget["builtin"]}
+
+
+@pytest.fixture(autouse=True)
+def forget_saved_widgets(live: Server) -> Iterator[None]:
+    """Widgets an example saves are deleted after it, so other tests' playgrounds (and the
+    README's screenshot) do not list them."""
+    before = saved_widget_ids(live)
+    yield
+    for widget_id in saved_widget_ids(live) - before:
+        Client(live.http).request("DELETE", f"/api/widgets/{widget_id}",
+                                  headers={"X-Api-Secret": live.secret})
+
+
 def run_widget(page: Page, live: Server, html: str, js: str) -> FrameLocator:
     """Save the code as a widget and open its embed page on a fresh channel."""
     widget_id = fresh("doc")

@@ -84,7 +84,10 @@ def test_poll_counts_from_three_viewers(page: Page, live: Server) -> None:
             expect(playground.widget(name).locator("#total")).to_have_text("3 votes")
 
     charts_show_the_votes()
-    page.screenshot(path=str(README_IMAGES / "playground.png"), full_page=True)
+    # A viewport as tall as the page: a full-page capture can miss sandboxed frames' paint.
+    page.set_viewport_size({"width": 1280, "height": 960})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(README_IMAGES / "playground.png"))
 
     playground.reload_all()
     charts_show_the_votes()
