@@ -20,7 +20,7 @@ from marshmallow import (
     validates_schema,
 )
 
-CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FIELD_PATTERN = re.compile(r"(id|seq|created|client_id|username|data(\.[A-Za-z0-9_]+)*)")
 TOKEN_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -209,7 +209,7 @@ class AuthRequest(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    channel_name = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    channel_name = fields.String(required=True, validate=validate.Regexp(CHANNEL_PATTERN))
     username = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
 
 
@@ -222,7 +222,7 @@ class PublishBody(Schema):
     key = fields.String(required=True)
     secret = fields.String(required=True)
     channelId = fields.String(required=True,
-                              validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+                              validate=validate.Regexp(CHANNEL_PATTERN))
     message = fields.Raw(required=True, allow_none=True)
     persistent = fields.Boolean(load_default=False)
 
@@ -233,7 +233,7 @@ class ReplayBody(Schema):
     class Meta:
         unknown = RAISE
 
-    channel = fields.String(required=True, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    channel = fields.String(required=True, validate=validate.Regexp(CHANNEL_PATTERN))
     start = fields.Integer(load_default=None, strict=True)  # created, ms since the epoch
     end = fields.Integer(load_default=None, strict=True)
     speed = fields.Raw(load_default=1)

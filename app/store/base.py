@@ -9,7 +9,10 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
+
+import orjson
 
 from app.records import Record
 
@@ -122,3 +125,16 @@ class Store(ABC):
     @abstractmethod
     async def delete_widget(self, app: str, widget_id: str) -> bool:
         """Remove a widget; False when there was none."""
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """A store's numbered migrations (`migrations/<dialect>/NNNN_name.sql`), in order."""
+    folder = resources.files("app.store") / "migrations" / dialect
+    found = [(int(item.name.split("_", 1)[0]), item.read_text())
+             for item in folder.iterdir() if item.name.endswith(".sql")]
+    return sorted(found)
+
+
+def app_from_row(row: Any) -> App:
+    """An App from a row of `id, name, key, secret, created, settings` (settings as JSON)."""
+    return App(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))

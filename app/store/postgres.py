@@ -12,7 +12,6 @@ import logging
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +21,7 @@ import orjson
 from app.errors import NotStored, StoreError
 from app.query import POSTGRES, RANGE_COLUMNS, Statement, compile_where, stored_record
 from app.records import Record, now_ms
-from app.store.base import App, CommitObserver, Store, Widget
+from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
 from app.store.batching import GroupCommit
 from app.store.search import Fetch, SearchCounts
 
@@ -46,25 +45,12 @@ _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("app.store") / "migrations" / "postgres"
-    found = []
-    for item in folder.iterdir():
-        if item.name.endswith(".sql"):
-            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
-    return sorted(found)
-
-
 def _redacted(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     user = parts.username
     return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
-
-
-def _app(row: Any) -> App:
-    return App(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))
 
 
 def _row(record: Record) -> tuple[Any, ...]:
@@ -130,7 +116,7 @@ class PostgresStore(Store):
                 )
                 rows = await db.fetch("SELECT version FROM schema_migrations")
                 applied = {row[0] for row in rows}
-                for number, sql in _migrations():
+                for number, sql in migrations("postgres"):
                     if number not in applied:
                         log.info("applying migration %04d", number)
                         async with db.transaction():
@@ -192,7 +178,7 @@ class PostgresStore(Store):
 
     async def _one_app(self, where: str, value: str) -> App | None:
         rows = await self._fetch(f"SELECT {_APP_COLUMNS} FROM apps WHERE {where} = $1", value)
-        return _app(rows[0]) if rows else None
+        return app_from_row(rows[0]) if rows else None
 
     async def app_by_key(self, key: str) -> App | None:
         return await self._one_app("key", key)
@@ -203,7 +189,7 @@ class PostgresStore(Store):
     async def list_apps(self) -> list[App]:
         rows = await self._fetch(
             f'SELECT {_APP_COLUMNS} FROM apps ORDER BY created, name COLLATE "C"')
-        return [_app(row) for row in rows]
+        return [app_from_row(row) for row in rows]
 
     # records ----------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import orjson
 from app.errors import StoreError
 from app.query import RANGE_COLUMNS, SQLITE, Statement, compile_where, stored_record
 from app.records import Record, now_ms
-from app.store.base import App, CommitObserver, Store, Widget
+from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
 from app.store.batching import GroupCommit
 from app.store.search import Fetch, SearchCounts
 
@@ -31,19 +30,6 @@ _INSERT = (
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
-
-
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("app.store") / "migrations" / "sqlite"
-    found = []
-    for item in folder.iterdir():
-        if item.name.endswith(".sql"):
-            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
-    return sorted(found)
-
-
-def _app(row: Any) -> App:
-    return App(row[0], row[1], row[2], row[3], row[4], orjson.loads(row[5]))
 
 
 def _row(record: Record) -> tuple[Any, ...]:
@@ -87,7 +73,7 @@ class SqliteStore(Store):
         """Apply pending migrations, each in its own transaction. Processes starting together
         may race for one: the loser's transaction fails and rolls back, and it finds the
         migration applied."""
-        for number, sql in _migrations():
+        for number, sql in migrations("sqlite"):
             if await self._version(db) >= number:
                 continue
             log.info("applying migration %04d", number)
@@ -149,7 +135,7 @@ class SqliteStore(Store):
             f"SELECT {_APP_COLUMNS} FROM apps WHERE {where} = ?", (value,)
         ) as cursor:
             row = await cursor.fetchone()
-        return _app(row) if row else None
+        return app_from_row(row) if row else None
 
     async def app_by_key(self, key: str) -> App | None:
         return await self._one_app("key", key)
@@ -161,7 +147,7 @@ class SqliteStore(Store):
         async with self._read_db.execute(
             f"SELECT {_APP_COLUMNS} FROM apps ORDER BY created, name"
         ) as cursor:
-            return [_app(row) for row in await cursor.fetchall()]
+            return [app_from_row(row) for row in await cursor.fetchall()]
 
     # records ----------------------------------------------------------------------------------
 
