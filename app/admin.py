@@ -19,7 +19,7 @@ from quart import Blueprint, Response, current_app, request
 from app.access import HTTPError, app_from_secret, current_node
 from app.api import checked_channel, json_body, json_response, validated
 from app.broker.base import BrokerError
-from app.errors import ClientError, CloseCode, ErrorCode, NotStored
+from app.errors import UNDELIVERED, ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
 from app.protocol import data_from_text
 from app.query import validate_query
@@ -51,7 +51,7 @@ async def channels() -> Response:
     for key in node.hub.channels():
         if key[0] == app.id:
             found.append({"channel": key[1], "connections": await node.count(key),
-                          "members_here": len(node.hub.members(key))})
+                          "members_here": node.hub.count(key)})
     found.sort(key=lambda channel: str(channel["channel"]))
     return json_response({"channels": found})
 
@@ -80,7 +80,7 @@ async def events() -> Response:
             now: dict[str, tuple[int, int]] = {}
             for key in node.hub.channels():
                 if key[0] == app.id:
-                    now[key[1]] = (len(node.hub.members(key)), node.channel_messages[key])
+                    now[key[1]] = (node.hub.count(key), node.channel_messages[key])
             changed = [{"channel": c, "connections": n, "messages": m}
                        for c, (n, m) in now.items() if sent.get(c) != (n, m)]
             gone = [c for c in sent if c not in now]
@@ -174,8 +174,7 @@ async def publish() -> Response:
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
     except BrokerError:
-        raise HTTPError(503, ErrorCode.UNAVAILABLE, "the message could not be delivered "
-                        "(the broker is unreachable); try again") from None
+        raise HTTPError(503, ErrorCode.UNAVAILABLE, UNDELIVERED) from None
     return json_response({"success": True, "record": record.public()})
 
 

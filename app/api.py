@@ -31,14 +31,13 @@ async def http_error(error: HTTPError) -> Response:
 
 @blueprint.app_errorhandler(404)
 async def not_found(_error: Exception) -> Response:
-    return json_response({"error": {"code": ErrorCode.NOT_FOUND, "message": "no such page"}},
-                         404)
+    return await http_error(HTTPError(404, ErrorCode.NOT_FOUND, "no such page"))
 
 
 @blueprint.app_errorhandler(405)
 async def method_not_allowed(_error: Exception) -> Response:
-    return json_response({"error": {"code": "method_not_allowed",
-                                    "message": "that method is not allowed here"}}, 405)
+    return await http_error(HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED,
+                                      "that method is not allowed here"))
 
 
 def checked_channel(channel: str) -> str:

@@ -45,7 +45,12 @@ class ErrorCode:
     UNAVAILABLE = "unavailable"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
+
+
+UNDELIVERED = "the message could not be delivered (the broker is unreachable); try again"
+"""The message of an `unavailable` publish, over the socket and over HTTP."""
 
 
 class C8wsError(Exception):

@@ -38,6 +38,10 @@ class Hub:
     def members(self, key: ChannelKey) -> list[Member]:
         return list(self._channels.get(key, {}).values())
 
+    def count(self, key: ChannelKey) -> int:
+        """The channel's members on this node, without copying them."""
+        return len(self._channels.get(key, ()))
+
     def channels(self) -> list[ChannelKey]:
         return list(self._channels)
 

@@ -141,7 +141,7 @@ class Node:
             raise Refusal(CloseCode.RATE_LIMITED, "Too many connections for this app.")
         if member.remote and self._per_ip[member.remote] >= limits.max_connections_per_ip:
             raise Refusal(CloseCode.RATE_LIMITED, "Too many connections from your address.")
-        if (not self.hub.members(member.key)
+        if (not self.hub.count(member.key)
                 and self._channels_per_app[app] >= limits.max_channels_per_app):
             raise Refusal(CloseCode.RATE_LIMITED, "Too many channels for this app.")
         self._live.add(member)
@@ -275,7 +275,7 @@ class Node:
                     log.exception("counting connections of %s failed", key)
                     self._dirty_counts.add(key)
                     continue
-                if not self.hub.members(key):
+                if not self.hub.count(key):
                     self._sent_counts.pop(key, None)
                 elif self._sent_counts.get(key) != count:
                     self._sent_counts[key] = count
@@ -316,7 +316,8 @@ class Node:
         return record
 
     async def _next_seq(self, key: ChannelKey) -> int:
-        await self._seed(key)
+        if key not in self._seeded:  # not awaited per publish: a joined member's key is seeded
+            await self._seed(key)
         self.stats.published += 1
         return await self.broker.next_seq(key)
 
@@ -354,13 +355,14 @@ class Node:
             self._in_background(self.broker.publish(record))
 
     def _deliver(self, record: Record) -> None:
+        key = record.key
         frames = encode_record(record)
-        history = self._history.get(record.key)
+        history = self._history.get(key)
         if history is not None:
             history.records.append(frames)
         skip = record.sender if record.node == self.id else None
-        self.channel_messages[record.key] += 1
-        self.stats.deliveries += self.hub.fan_out(record.key, frames, skip)
+        self.channel_messages[key] += 1
+        self.stats.deliveries += self.hub.fan_out(key, frames, skip)
 
     async def recover(
         self, key: ChannelKey, since: int, epoch: str | None

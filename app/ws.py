@@ -16,7 +16,7 @@ from quart import Blueprint, current_app, websocket
 
 from app.auth import verify_token
 from app.broker.base import BrokerError, PresenceMember
-from app.errors import ClientError, CloseCode, ErrorCode, NotStored, Refusal
+from app.errors import UNDELIVERED, ClientError, CloseCode, ErrorCode, NotStored, Refusal
 from app.limits import TokenBucket
 from app.member import ASGISend, Member, MemberState, Outgoing
 from app.node import Node
@@ -288,9 +288,11 @@ async def _publish_and_answer(node: Node, member: Member, rid: str | None,
         return
     except BrokerError as error:
         log.warning("publish to %s failed: %s", member.key, error)
-        member.send_frame(error_frame(
-            member.dialect, ErrorCode.UNAVAILABLE,
-            "the message could not be delivered (the broker is unreachable); try again", rid))
+        member.send_frame(error_frame(member.dialect, ErrorCode.UNAVAILABLE, UNDELIVERED, rid))
+        return
+    except Exception:  # a pipelined publish runs as a task: nothing else would hear of it
+        log.exception("publish to %s failed", member.key)
+        member.close(CloseCode.INTERNAL, "internal error")
         return
     if rid is not None:
         member.send_frame(reply_frame(rid, {"record": record.public()}))
