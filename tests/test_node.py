@@ -19,9 +19,9 @@ KEY = ("demo", "cancelled")
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    """A node whose store waits 200 ms before each commit, so a publish can be cancelled while
-    its record is committing."""
-    store = SqliteStore(str(tmp_path / "node.sqlite3"), commit_interval_ms=200)
+    """A node whose store waits a second before each commit, so a publish can be cancelled
+    while its record is committing."""
+    store = SqliteStore(str(tmp_path / "node.sqlite3"), commit_interval_ms=1000)
     started = Node(load_settings({}, {"data_dir": str(tmp_path)}), store, MemoryBroker())
     await store.open()
     await started.start()

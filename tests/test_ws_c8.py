@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -140,9 +141,12 @@ async def test_mass_join_does_not_flood(server: Server) -> None:
         await asyncio.gather(*(client.close() for client in clients))
 
 
-async def test_search_sees_the_members_own_publishes_sent_before_it(server: Server) -> None:
+async def test_search_sees_the_members_own_publishes_sent_before_it(
+        make_server: Callable[..., Server]) -> None:
     """Persistent publishes are stored in the background, but a search sent after them on the
-    same connection waits for them: a poll widget finds the vote it just cast."""
+    same connection waits for them: a poll widget finds the vote it just cast (commits wait
+    200 ms here, so a search that did not wait would always run first)."""
+    server = make_server({"C8WS_COMMIT_INTERVAL_MS": "200"})
     async with await connect(server.ws("/c8/own-votes?api_key=demo&persistent=1")) as client:
         await recv_kind(client, "welcome")
         for number in range(20):

@@ -737,14 +737,7 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
         server.stop()
         server = RedisServer(tmp_path, server.port).start()
 
-        async def delivered_again() -> bool:
-            try:
-                await publish(b, key)
-            except BrokerError:
-                return False
-            return await until(lambda: len(a.records) > 1, 0.2)
-
-        assert await until_async(delivered_again, 20)
+        assert await until_async(lambda: _delivered_again(a, b, key), 20)
         assert a.records[1].seq > before.seq
         assert a.broker.epoch(key) == b.broker.epoch(key) != old
         assert a.broker.takeover(key, old) == b.broker.takeover(key, old) == before.seq
@@ -823,18 +816,20 @@ async def test_a_channel_subscribed_again_while_the_store_is_down_delivers_once_
         assert await until(lambda: a.store_failures >= 3, 20)  # failed, and tried again
         a.store_down = False
 
-        async def delivered_again() -> bool:
-            try:
-                await publish(b, key)
-            except BrokerError:
-                return False
-            return await until(lambda: len(a.records) > 1, 0.2)
-
-        assert await until_async(delivered_again, 20)
+        assert await until_async(lambda: _delivered_again(a, b, key), 20)
         assert a.records[1].seq > first.seq
     finally:
         await cluster.close()
         server.stop()
+
+
+async def _delivered_again(a: Peer, b: Peer, key: ChannelKey) -> bool:
+    """A record published through `b` reaches `a` again (after Redis came back)."""
+    try:
+        await publish(b, key)
+    except BrokerError:
+        return False
+    return await until(lambda: len(a.records) > 1, 0.2)
 
 
 async def _count_is(peer: Peer, key: ChannelKey, expected: int) -> bool:

@@ -29,7 +29,6 @@ async def test_hundreds_joining_at_once_are_all_welcomed(
         for client in clients:
             stack.push_async_callback(client.close)
         welcomes = await asyncio.gather(*(recv_kind(c, "welcome", 30) for c in clients))
-    assert len(welcomes) == MEMBERS
     assert max(w["connections"] for w in welcomes) == MEMBERS
 
 
