@@ -42,9 +42,19 @@ async def app_from_key() -> App:
     return app
 
 
+def secret_matches(app: App, secret: str) -> bool:
+    """Whether `secret` is the app's, compared in constant time."""
+    return hmac.compare_digest(app.secret.encode(), secret.encode())
+
+
+def csrf_ok(sent: str | None) -> bool:
+    """Whether a request carries the signed-in session's CSRF token."""
+    return bool(sent) and hmac.compare_digest(str(sent), session.get("csrf", ""))
+
+
 async def app_by_secret(secret: str) -> App | None:
     for app in await current_node().store.list_apps():
-        if hmac.compare_digest(app.secret.encode(), secret.encode()):
+        if secret_matches(app, secret):
             return app
     return None
 
@@ -62,7 +72,7 @@ async def app_from_secret() -> App:
         raise HTTPError(401, ErrorCode.UNAUTHORIZED, "sign in, or send the X-Api-Secret header")
     if request.method not in SAFE_METHODS:
         sent = request.headers.get("X-CSRF-Token") or (await request.form).get("csrf_token")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        if not csrf_ok(sent):
             raise HTTPError(403, ErrorCode.FORBIDDEN, "missing or wrong CSRF token")
     app = await current_node().store.app_by_name(app_name)
     if app is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import hmac
 import io
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Blueprint, Response, current_app, request
 
-from app.access import HTTPError, app_from_secret, current_node
+from app.access import HTTPError, app_from_secret, current_node, secret_matches
 from app.api import checked_channel, json_body, json_response, validated
 from app.broker.base import BrokerError
 from app.errors import UNDELIVERED, ClientError, CloseCode, ErrorCode, NotStored
@@ -162,7 +161,7 @@ async def publish() -> Response:
     fields = validated(PublishBody(), await json_body())
     node = current_node()
     app = await node.app_by_key(fields["key"])
-    if app is None or not hmac.compare_digest(app.secret.encode(), fields["secret"].encode()):
+    if app is None or not secret_matches(app, fields["secret"]):
         raise HTTPError(401, ErrorCode.UNAUTHORIZED, "unknown key or wrong secret")
     message = fields["message"]
     text = message if isinstance(message, str) else None

@@ -71,8 +71,11 @@ class Replays:
                         records=records, speed=speed)
         replay.target = self._scratch(replay)
         self._replays[replay.id] = replay
-        replay._task = asyncio.create_task(self._run(replay), name=f"replay-{replay.id}")
+        self._run_soon(replay)
         return replay
+
+    def _run_soon(self, replay: Replay) -> None:
+        replay._task = asyncio.create_task(self._run(replay), name=f"replay-{replay.id}")
 
     def _scratch(self, replay: Replay) -> str:
         return f"replay-{replay.id}-{replay.generation}"
@@ -105,7 +108,7 @@ class Replays:
             await self._publish_next(replay)
         if replay.state is ReplayState.DONE and replay.position < len(replay.records):
             replay.state = ReplayState.PAUSED
-            replay._task = asyncio.create_task(self._run(replay))
+            self._run_soon(replay)
         replay._wake.set()
 
     async def stop(self, replay: Replay) -> None:

@@ -9,7 +9,7 @@ import orjson
 from quart import Blueprint, Response, redirect, render_template, request, session, url_for
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
-from app.access import HTTPError, app_by_secret, csrf_token, current_node, sign_in
+from app.access import HTTPError, app_by_secret, csrf_ok, csrf_token, current_node, sign_in
 from app.auth import PRIVATE_PREFIX, sign_token
 from app.errors import ErrorCode
 from app.schemas import CHANNEL_PATTERN
@@ -121,7 +121,7 @@ async def signin_form() -> WerkzeugResponse | str:
 @blueprint.post("/signin")
 async def signin() -> WerkzeugResponse | tuple[str, int]:
     form = await request.form
-    if not secrets.compare_digest(form.get("csrf_token", ""), session.get("csrf", "")):
+    if not csrf_ok(form.get("csrf_token")):
         return await render_template("signin.html", error="Please try again.",
                                      csrf=csrf_token()), 403
     app = await app_by_secret(form.get("secret", ""))
@@ -135,6 +135,6 @@ async def signin() -> WerkzeugResponse | tuple[str, int]:
 @blueprint.post("/signout")
 async def signout() -> WerkzeugResponse | Response:
     form = await request.form
-    if secrets.compare_digest(form.get("csrf_token", ""), session.get("csrf", "")):
+    if csrf_ok(form.get("csrf_token")):
         session.clear()
     return redirect(url_for("views.playground"))
