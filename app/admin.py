@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -24,7 +22,7 @@ from app.protocol import data_from_text
 from app.query import validate_query
 from app.replay import MAX_RECORDS, Replay, Replays
 from app.schemas import PublishBody, ReplayBody, SeekBody
-from app.transfer import CSV_COLUMNS, csv_row, stored_records
+from app.transfer import export_header, export_lines
 
 blueprint = Blueprint("admin", __name__)
 EVENTS_TICK = 0.5
@@ -110,12 +108,6 @@ async def disconnect(channel: str, client_id: str) -> Response:
     return json_response({"disconnected": closed})
 
 
-def csv_line(values: list[Any]) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerow(values)
-    return buffer.getvalue().encode()
-
-
 def export_filters(raw: str | None) -> list[dict[str, Any]]:
     """The `filters` parameter: a JSON list in QUERY's filter syntax, validated like a search."""
     if not raw:
@@ -142,11 +134,10 @@ async def export(channel: str) -> Response:
     store = current_node().store
 
     async def body() -> AsyncIterator[bytes]:
-        if kind == "csv":
-            yield csv_line(list(CSV_COLUMNS))
-        async for record in stored_records(store, *key, filters):
-            public = record.public()
-            yield csv_line(csv_row(public)) if kind == "csv" else orjson.dumps(public) + b"\n"
+        if header := export_header(kind):
+            yield header.encode()
+        async for line in export_lines(store, *key, kind, filters):
+            yield line.encode()
 
     mimetype = "text/csv" if kind == "csv" else "application/x-ndjson"
     response = Response(body(), mimetype=mimetype)

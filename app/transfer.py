@@ -5,8 +5,9 @@ channel, numbering them after whatever it holds."""
 from __future__ import annotations
 
 import csv
+import io
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import IO, Any
 
 import orjson
@@ -58,17 +59,30 @@ class Progress:
                           "done\n")
 
 
+def export_header(kind: str) -> str:
+    """What an export starts with: the CSV header, or nothing for NDJSON."""
+    return _csv_line(CSV_COLUMNS) if kind == "csv" else ""
+
+
+async def export_lines(store: Store, app: str, channel: str, kind: str,
+                       filters: list[dict[str, Any]] | None = None) -> AsyncIterator[str]:
+    """A channel's stored records as NDJSON or CSV lines, one per record."""
+    async for record in stored_records(store, app, channel, filters):
+        public = record.public()
+        yield _csv_line(csv_row(public)) if kind == "csv" else orjson.dumps(public).decode() + "\n"
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
+
+
 async def export_channel(store: Store, app: str, channel: str, kind: str, out: IO[str]) -> int:
     progress = Progress("exported")
-    writer = csv.writer(out) if kind == "csv" else None
-    if writer is not None:
-        writer.writerow(CSV_COLUMNS)
-    async for record in stored_records(store, app, channel):
-        public = record.public()
-        if writer is not None:
-            writer.writerow(csv_row(public))
-        else:
-            out.write(orjson.dumps(public).decode() + "\n")
+    out.write(export_header(kind))
+    async for line in export_lines(store, app, channel, kind):
+        out.write(line)
         progress.step()
     progress.done()
     return progress.count
