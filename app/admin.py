@@ -157,10 +157,11 @@ async def publish() -> Response:
     message = fields["message"]
     text = message if isinstance(message, str) else None
     try:
-        record = await node.publish(
+        record = await node.stamp(
             (app.id, fields["channelId"]), client_id="http-api", text=text,
             data=data_from_text(message) if text is not None else message,
             persistent=fields["persistent"])
+        await node.dispatch(record)
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
     except BrokerError:

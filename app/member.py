@@ -42,6 +42,37 @@ class Outgoing:
         self.size = len(frame)
 
 
+class InFlight:
+    """A member's persistent publishes not answered yet. Its read loop waits here for room
+    (a bound on them) or, before a search, for all of them: one waiter at most."""
+
+    __slots__ = ("_at_most", "_waiter", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._at_most = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def started(self) -> None:
+        self.count += 1
+
+    def finished(self) -> None:
+        self.count -= 1
+        waiter = self._waiter
+        if waiter is not None and self.count <= self._at_most:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_until(self, at_most: int) -> None:
+        """Return once at most `at_most` are in flight."""
+        if self.count <= at_most:
+            return
+        self._at_most = at_most
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+
 class MemberState(Enum):
     OPEN = "open"  # in the hub, queue accepting frames
     CLOSING = "closing"  # a close is requested; the writer sends what is queued, then closes
@@ -75,7 +106,7 @@ class Member:
     queued_bytes: int = 0
     resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
-    pipeline: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    in_flight: InFlight = field(default_factory=InFlight, repr=False)
     _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 

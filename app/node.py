@@ -12,13 +12,14 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from app.broker.base import Broker, PresenceChange, PresenceEvent, PresenceMember
 from app.config import Settings
-from app.errors import CloseCode, Refusal
+from app.errors import CloseCode, NotStored, Refusal
 from app.hub import Hub
 from app.limits import Limits, limits_for
 from app.member import Member, Outgoing
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 COUNTS_INTERVAL = 0.25  # seconds between coalesced `connections` frames of one channel
 APP_CACHE_SECONDS = 5.0
 
+Answer = Callable[[BaseException | None], None]  # a persistent publish's outcome, for its sender
+
 
 def _is_c8(member: Member) -> bool:
     return member.dialect is Dialect.C8
@@ -46,6 +49,23 @@ def _is_c8(member: Member) -> bool:
 
 def _wants_presence(member: Member) -> bool:
     return member.presence and member.dialect is Dialect.PIESOCKET
+
+
+def _settle(outcome: asyncio.Future[None], error: BaseException | None) -> None:
+    if outcome.done():  # its waiter was cancelled
+        return
+    if error is None:
+        outcome.set_result(None)
+    else:
+        outcome.set_exception(error)
+
+
+def _tell(answer: Answer, error: BaseException | None) -> None:
+    """Call one publisher's answer; its failure must not keep the batch's others unanswered."""
+    try:
+        answer(error)
+    except Exception:
+        log.exception("answering a publish failed")
 
 
 def _decrement(counter: Counter[str], key: str) -> None:
@@ -88,7 +108,8 @@ class Node:
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
-        self._committing: dict[ChannelKey, asyncio.Future[None]] = {}  # last persistent append
+        self._batches: dict[asyncio.Future[None], list[tuple[Record, Answer]]] = {}  # committing
+        self._storing: dict[ChannelKey, asyncio.Future[None]] = {}  # a channel's latest batch
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._last_stored)
@@ -283,7 +304,16 @@ class Node:
 
     # records ------------------------------------------------------------------------------------
 
-    async def publish(
+    async def republish(self, key: ChannelKey, original: Record) -> Record:
+        """A recorded record into another channel (a replay): the same id, `created`, client id,
+        username and data, stored there under that channel's next seq."""
+        seq = await self._next_seq(key)
+        record = replace(original, app=key[0], channel=key[1], seq=seq, persistent=True,
+                         node=self.id, sender=None)
+        await self.dispatch(record)
+        return record
+
+    async def stamp(
         self,
         key: ChannelKey,
         *,
@@ -295,25 +325,15 @@ class Node:
         persistent: bool = False,
         sender: Member | None = None,
     ) -> Record:
-        """Stamp a record, commit it first when persistent, then hand it to the broker."""
+        """A new record of the channel under its next seq (binary frames are never stored), for
+        `dispatch` or `store_then_publish`."""
         seq = await self._next_seq(key)
-        record = Record(
+        return Record(
             app=key[0], channel=key[1], seq=seq, id=record_id(seq), client_id=client_id,
             created=now_ms(), data=data, username=username, text=text, binary=binary,
             persistent=persistent and binary is None, node=self.id,
             sender=None if sender is None else sender.local_id,
         )
-        await self._dispatch(record)
-        return record
-
-    async def republish(self, key: ChannelKey, original: Record) -> Record:
-        """A recorded record into another channel (a replay): the same id, `created`, client id,
-        username and data, stored there under that channel's next seq."""
-        seq = await self._next_seq(key)
-        record = replace(original, app=key[0], channel=key[1], seq=seq, persistent=True,
-                         node=self.id, sender=None)
-        await self._dispatch(record)
-        return record
 
     async def _next_seq(self, key: ChannelKey) -> int:
         if key not in self._seeded:  # not awaited per publish: a joined member's key is seeded
@@ -321,38 +341,54 @@ class Node:
         self.stats.published += 1
         return await self.broker.next_seq(key)
 
-    async def _dispatch(self, record: Record) -> None:
-        """Commit a persistent record, then publish it; keep the channel's order either way."""
-        key = record.key
+    async def dispatch(self, record: Record) -> None:
+        """Publish a stamped record, committing it first when persistent; returns once the
+        broker has it. Cancelling the caller changes nothing for the record."""
         if record.persistent:
-            await self._commit(record)
-        else:
-            # Keep channel order: wait for an earlier persistent record still committing
-            # (shielded: this publisher being cancelled must not cancel another's commit).
-            earlier = self._committing.get(key)
-            if earlier is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(earlier)
+            outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.store_then_publish(record, partial(_settle, outcome))
+            await outcome
+            return
+        # Keep channel order: a persistent record stamped earlier is published first (shielded:
+        # its batch is shared with other publishers).
+        earlier = self._storing.get(record.key)
+        if earlier is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(earlier)
         await self.broker.publish(record)
 
-    async def _commit(self, record: Record) -> None:
-        commit = self.store.append_record(record)
-        self._committing[record.key] = commit
-        try:
-            await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            # The publisher went away (an HTTP client hung up, a replay was stopped) while its
-            # record was committing: stored all the same, it is still published, or the
-            # channel's live members would miss it.
-            commit.add_done_callback(lambda done: self._publish_if_stored(record, done))
-            raise
-        finally:
-            if self._committing.get(record.key) is commit:
-                del self._committing[record.key]
+    def store_then_publish(self, record: Record, answer: Answer) -> None:
+        """Commit a persistent record, then hand it to the broker; `answer` is called once with
+        None or the error (`NotStored`: the record is neither stored nor delivered). Records
+        reach the broker in the order they came here, a whole batch from one task."""
+        batch = self.store.append_record(record)
+        waiting = self._batches.get(batch)
+        if waiting is None:
+            waiting = self._batches[batch] = []
+            batch.add_done_callback(self._stored)
+        waiting.append((record, answer))
+        self._storing[record.key] = batch
 
-    def _publish_if_stored(self, record: Record, commit: asyncio.Future[None]) -> None:
-        if not commit.cancelled() and commit.exception() is None:
-            self._in_background(self.broker.publish(record))
+    def _stored(self, batch: asyncio.Future[None]) -> None:
+        waiting = self._batches.pop(batch)
+        for record, _ in waiting:
+            if self._storing.get(record.key) is batch:
+                del self._storing[record.key]
+        error = NotStored("record not stored") if batch.cancelled() else batch.exception()
+        if error is None:
+            self._in_background(self._publish_stored(waiting))
+            return
+        for _, answer in waiting:
+            _tell(answer, error)
+
+    async def _publish_stored(self, waiting: list[tuple[Record, Answer]]) -> None:
+        for record, answer in waiting:
+            try:
+                await self.broker.publish(record)
+            except Exception as error:  # the answer tells its publisher; the rest go on
+                _tell(answer, error)
+            else:
+                _tell(answer, None)
 
     def _deliver(self, record: Record) -> None:
         key = record.key

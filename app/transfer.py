@@ -4,6 +4,7 @@ channel, numbering them after whatever it holds."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import sys
@@ -107,10 +108,10 @@ async def import_channel(store: Store, app: str, channel: str, lines: IO[str]) -
     seq = await store.last_seq(app, channel)
     for value in _ndjson(lines):
         seq += 1
-        await store.append_record(Record(
+        await asyncio.shield(store.append_record(Record(
             app=app, channel=channel, seq=seq, id=str(value["id"]),
             client_id=str(value.get("client_id") or "import"), created=int(value["created"]),
-            data=value["data"], username=value.get("username"), persistent=True))
+            data=value["data"], username=value.get("username"), persistent=True)))
         progress.step()
     progress.done()
     return progress.count

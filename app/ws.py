@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any, cast
 
 from marshmallow import ValidationError
@@ -42,7 +43,7 @@ from app.protocol import (
     status_frame,
     welcome_frame,
 )
-from app.records import new_client_id
+from app.records import Record, new_client_id
 from app.schemas import CHANNEL_PATTERN, first_error, load_connect_params
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,7 @@ async def handle(node: Node, member: Member, command: Command) -> None:
     elif isinstance(command, Status):
         member.send_frame(status_frame(await node.count(member.key)))
     elif isinstance(command, Search):
-        if member.pipeline:  # the member's own publishes still being stored come first
-            await asyncio.wait(member.pipeline)
+        await member.in_flight.wait_until(0)  # the member's own publishes being stored first
         try:
             result = await node.search(member.key, command.query)
         except ClientError as error:
@@ -261,38 +261,44 @@ async def handle(node: Node, member: Member, command: Command) -> None:
 
 
 async def _publish(node: Node, member: Member, rid: str | None, **message: Any) -> None:
-    """Publish for a member. A persistent publish is not awaited here: it runs as a task, so
-    the member's next frames join the same group commit (tasks start, and so enqueue, in
-    order; the node keeps channel order), with at most MAX_PIPELINED in flight."""
-    publishing = _publish_and_answer(node, member, rid, message)
-    if not member.persistent:
-        await publishing
-        return
-    pending = member.pipeline
-    task = asyncio.create_task(publishing)
-    pending.add(task)
-    task.add_done_callback(pending.discard)
-    if len(pending) >= MAX_PIPELINED:
-        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-
-
-async def _publish_and_answer(node: Node, member: Member, rid: str | None,
-                              message: dict[str, Any]) -> None:
+    """Publish for a member. A persistent publish is not waited for: the member's next frames
+    join the same group commit, and the node answers each publish (in order) once stored and
+    published, with at most MAX_PIPELINED in flight."""
     try:
-        record = await node.publish(
-            member.key, client_id=member.client_id, username=member.username,
-            persistent=member.persistent, sender=member, **message,
-        )
-    except NotStored as error:
-        member.send_frame(error_frame(member.dialect, ErrorCode.NOT_STORED, str(error), rid))
-        return
+        record = await node.stamp(member.key, client_id=member.client_id,
+                                  username=member.username, persistent=member.persistent,
+                                  sender=member, **message)
+        if not record.persistent:
+            await node.dispatch(record)
     except BrokerError as error:
+        _answer(member, rid, None, error)
+        return
+    if not record.persistent:
+        _answer(member, rid, record, None)
+        return
+    in_flight = member.in_flight
+    in_flight.started()
+    node.store_then_publish(record, partial(_answer_stored, member, rid, record))
+    if in_flight.count >= MAX_PIPELINED:
+        await in_flight.wait_until(MAX_PIPELINED - 1)
+
+
+def _answer_stored(member: Member, rid: str | None, record: Record,
+                   error: BaseException | None) -> None:
+    member.in_flight.finished()
+    _answer(member, rid, record, error)
+
+
+def _answer(member: Member, rid: str | None, record: Record | None,
+            error: BaseException | None) -> None:
+    """Tell the sender how its publish went: a reply when it asked (`rid`), else only errors."""
+    if isinstance(error, NotStored):
+        member.send_frame(error_frame(member.dialect, ErrorCode.NOT_STORED, str(error), rid))
+    elif isinstance(error, BrokerError):
         log.warning("publish to %s failed: %s", member.key, error)
         member.send_frame(error_frame(member.dialect, ErrorCode.UNAVAILABLE, UNDELIVERED, rid))
-        return
-    except Exception:  # a pipelined publish runs as a task: nothing else would hear of it
-        log.exception("publish to %s failed", member.key)
+    elif error is not None:  # stored publishes are answered from a callback: nobody else hears
+        log.error("publish to %s failed", member.key, exc_info=error)
         member.close(CloseCode.INTERNAL, "internal error")
-        return
-    if rid is not None:
+    elif rid is not None and record is not None:
         member.send_frame(reply_frame(rid, {"record": record.public()}))

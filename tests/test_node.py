@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.broker.memory import MemoryBroker
 from app.config import load_settings
 from app.node import Node
+from app.records import Record
 from app.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.asyncio
@@ -35,9 +37,9 @@ async def test_a_cancelled_publisher_neither_loses_its_record_nor_cancels_others
     """Cancelling a persistent publish mid-commit (a client that hung up) leaves the record
     stored and delivered, and a plain publish queued behind it on the channel goes through."""
     await node.broker.subscribe(KEY)  # as a member's join would
-    stored = asyncio.create_task(node.publish(KEY, data="first", client_id="a", persistent=True))
+    stored = asyncio.create_task(publish(node, data="first", client_id="a", persistent=True))
     await asyncio.sleep(0.05)
-    plain = asyncio.create_task(node.publish(KEY, data="second", client_id="b"))
+    plain = asyncio.create_task(publish(node, data="second", client_id="b"))
     await asyncio.sleep(0.05)
     stored.cancel()
     record = await asyncio.wait_for(plain, 5)
@@ -50,3 +52,9 @@ async def test_a_cancelled_publisher_neither_loses_its_record_nor_cancels_others
         await asyncio.sleep(0.05)
     assert node.channel_messages[KEY] == 2  # both were handed to the channel
     assert [r.data for r in await node.store.read_range(*KEY, 0, 10)] == ["first"]
+
+
+async def publish(node: Node, **fields: Any) -> Record:
+    record = await node.stamp(KEY, **fields)
+    await node.dispatch(record)
+    return record

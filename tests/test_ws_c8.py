@@ -154,3 +154,28 @@ async def test_search_sees_the_members_own_publishes_sent_before_it(
         await client.send(orjson.dumps({"search": {"rid": "s", "query": {"limit": 1}}}).decode())
         reply = await recv_kind(client, "reply")
     assert reply["rid"] == "s" and reply["total"] == 20
+
+
+async def test_pipelined_persistent_publishes_past_the_bound_are_answered_in_order(
+        make_server: Callable[..., Server]) -> None:
+    """A member may send more persistent publishes than the server keeps in flight for it
+    (MAX_PIPELINED, 256): its reading pauses for room instead of failing, every publish is
+    answered in the order sent, stored, and delivered in that order (commits wait 200 ms here,
+    so the bound is reached)."""
+    total = 300
+    server = make_server({"C8WS_COMMIT_INTERVAL_MS": "200", "C8WS_MSG_BURST": "1000"})
+    url = server.ws("/c8/pipelined?api_key=demo&persistent=1")
+    async with await connect(url) as sender, await connect(url) as watcher:
+        await recv_kind(sender, "welcome")
+        await recv_kind(watcher, "welcome")
+        for number in range(total):
+            await sender.send(publish({"n": number}, rid=f"r{number}"))
+        replies = [await recv_kind(sender, "reply") for _ in range(total)]
+        delivered = [(await recv_kind(watcher, "message"))["data"]["n"] for _ in range(total)]
+        await watcher.send(orjson.dumps({"search": {"rid": "s", "query": {"limit": 1}}}).decode())
+        found = await recv_kind(watcher, "reply")
+    assert [reply["rid"] for reply in replies] == [f"r{number}" for number in range(total)]
+    seqs = [reply["record"]["seq"] for reply in replies]
+    assert seqs == sorted(seqs) and len(set(seqs)) == total
+    assert delivered == list(range(total))
+    assert found["total"] == total

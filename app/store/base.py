@@ -94,7 +94,8 @@ class Store(ABC):
     @abstractmethod
     def append_record(self, record: Record) -> asyncio.Future[None]:
         """Queue one record for commit, batched with others appended meanwhile (group commit);
-        the future is done once it is committed."""
+        the future is done once it is committed. It may be shared by the whole batch: wait
+        through a done callback or `asyncio.shield`, never cancel it."""
 
     @abstractmethod
     async def last_seq(self, app: str, channel: str) -> int:

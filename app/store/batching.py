@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from app.errors import NotStored
 from app.records import Record
@@ -18,9 +19,10 @@ Row = TypeVar("Row")
 
 
 class GroupCommit(Generic[Row]):
-    """One task writes everything pending with `write(rows)` (one transaction). Appenders get a
-    future for their batch; on failure the whole batch is `NotStored`. `close` commits what is
-    pending first, so no appender is left waiting."""
+    """One task writes everything pending with `write(rows)` (one transaction). Every record of
+    a batch gets the batch's one future (no future, callback or wake-up per record); on failure
+    the whole batch is `NotStored`. `close` commits what is pending first, so no appender is
+    left waiting."""
 
     def __init__(self, write: Callable[[list[Row]], Awaitable[None]],
                  to_row: Callable[[Record], Row], name: str, interval_s: float = 0.0,
@@ -30,7 +32,8 @@ class GroupCommit(Generic[Row]):
         self._name = name
         self._interval = interval_s
         self._on_commit = on_commit
-        self._pending: list[tuple[Row, asyncio.Future[None]]] = []
+        self._pending: list[Row] = []
+        self._batch: asyncio.Future[None] | None = None  # the pending rows' future
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -41,20 +44,20 @@ class GroupCommit(Generic[Row]):
 
     def append(self, record: Record) -> asyncio.Future[None]:
         """Queue `record` for the next commit. The future is done once it is committed, or fails
-        with `NotStored` (at once when the record cannot be stored or the store is closing).
-        A future, not a coroutine: a publisher waits without a task of its own."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with `NotStored` (a future of its own, failed at once, when the record cannot be stored
+        or the store is closing). It is shared by the whole batch: wait for it through a done
+        callback or `asyncio.shield`, never cancel it."""
         if self._task is None or self._task.done() or self._closing:
-            future.set_exception(NotStored("the store is not accepting records"))
-            return future
+            return _failed(NotStored("the store is not accepting records"))
         try:
             row = self._to_row(record)
         except NotStored as error:
-            future.set_exception(error)
-            return future
-        self._pending.append((row, future))
-        self._wakeup.set()
-        return future
+            return _failed(error)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            self._wakeup.set()
+        self._pending.append(row)
+        return self._batch
 
     async def close(self) -> None:
         if self._task is None:
@@ -63,8 +66,9 @@ class GroupCommit(Generic[Row]):
         self._wakeup.set()
         await asyncio.wait([self._task])
         self._task = None
-        _fail(self._pending, "record not stored: the store closed")  # only if the task crashed
-        self._pending = []
+        if self._batch is not None:  # only if the task crashed
+            _fail(self._batch, "record not stored: the store closed")
+        self._pending, self._batch = [], None
 
     async def _run(self) -> None:
         while not (self._closing and not self._pending):
@@ -75,27 +79,40 @@ class GroupCommit(Generic[Row]):
             await self._flush()
 
     async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
+        rows, batch = self._pending, self._batch
+        if batch is None:
             return
+        self._pending, self._batch = [], None
         began = time.perf_counter()
         try:
-            await self._write([row for row, _ in batch])
+            await self._write(rows)
         except asyncio.CancelledError:
             _fail(batch, "record not stored: the store closed during the commit")
             raise
-        except Exception as error:  # the whole batch fails together; each appender is told
-            log.error("commit of %d records failed: %s", len(batch), error)
+        except Exception as error:  # the whole batch fails together; every appender is told
+            log.error("commit of %d records failed: %s", len(rows), error)
             _fail(batch, f"record not stored: {error}")
             return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+        if not batch.done():
+            batch.set_result(None)
         if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - began)
+            self._on_commit(len(rows), time.perf_counter() - began)
 
 
-def _fail(batch: list[tuple[Row, asyncio.Future[None]]], message: str) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(NotStored(message))
+def _failed(error: NotStored) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+def _fail(batch: asyncio.Future[None], message: str) -> None:
+    if not batch.done():
+        batch.set_exception(NotStored(message))
+
+
+def channel_counts(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, int]]:
+    """How many of `rows` (app and channel first) each channel gets, for raising the stored
+    per-channel counts once per batch; channels in one order, so two writers raising the same
+    counts never deadlock."""
+    return [(app, channel, n) for (app, channel), n
+            in sorted(Counter((row[0], row[1]) for row in rows).items())]

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +21,7 @@ from app.errors import NotStored, StoreError
 from app.query import POSTGRES, RANGE_COLUMNS, Statement, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
-from app.store.batching import GroupCommit
+from app.store.batching import GroupCommit, channel_counts
 from app.store.search import Fetch, SearchCounts
 
 log = logging.getLogger(__name__)
@@ -200,11 +199,9 @@ class PostgresStore(Store):
         """One transaction for the batch on the committer's own connection."""
         if self._writer is None:
             raise StoreError("store is not open")
-        # Channels in one order, so two nodes raising the same counts never deadlock.
-        counts = sorted(Counter((row[0], row[1]) for row in rows).items())
         async with self._writer.acquire() as db, db.transaction():
             await db.executemany(_INSERT, rows)
-            await db.executemany(_COUNT, [(*key, n) for key, n in counts])
+            await db.executemany(_COUNT, channel_counts(rows))
 
     async def last_seq(self, app: str, channel: str) -> int:
         rows = await self._fetch(

@@ -19,7 +19,7 @@ from app.errors import StoreError
 from app.query import RANGE_COLUMNS, SQLITE, Statement, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
-from app.store.batching import GroupCommit
+from app.store.batching import GroupCommit, channel_counts
 from app.store.search import Fetch, SearchCounts
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+WAL_CHECKPOINT_PAGES = 10_000
+_COUNT = (
+    "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
+    "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -59,6 +64,9 @@ class SqliteStore(Store):
         await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._writer.execute("PRAGMA journal_mode=WAL")
         await self._writer.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint every WAL_CHECKPOINT_PAGES instead of 1,000: a batch spread over many
+        # channels writes a few hundred pages, most of them again in the next batches.
+        await self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         await self._migrate(self._writer)
         self._reader = await self._connect()
         self._searcher = await self._connect()
@@ -155,12 +163,13 @@ class SqliteStore(Store):
         return self._commits.append(record)
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """One transaction for the batch (the trigger of migration 0003 counts it in the same
-        one); rolled back whole if any row fails."""
+        """One transaction for the batch and its channels' counts; rolled back whole if any row
+        fails."""
         db = self._db
         try:
             await db.execute("BEGIN")
             await db.executemany(_INSERT, rows)
+            await db.executemany(_COUNT, channel_counts(rows))
             await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(aiosqlite.Error):
