@@ -58,6 +58,8 @@ def fill(path: Path, rows: int) -> None:
         ((r.app, r.channel, r.seq, r.id, r.client_id, r.created, r.username,
           orjson.dumps(r.data).decode()) for r in votes(iter(range(1, rows + 1)))),
     )
+    db.execute("INSERT INTO channel_counts (app, channel, records) VALUES ('demo', 'big', ?)",
+               (rows,))
     db.commit()
     db.close()
 
