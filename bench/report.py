@@ -126,7 +126,9 @@ def persist_section(results: list[RunResult], args: argparse.Namespace) -> str:
   on the same server: publishers on a plain URL (nothing is stored), then with
   `persistent=1` on the publishers' URLs (every message is committed to the store before it is
   delivered; subscribers' URLs are unchanged). Target: persistent publishes/s at least
-  {PERSIST_TARGET:g}x the non-persistent ones.
+  {PERSIST_TARGET:g}x the non-persistent ones. Shapes: one channel with a few subscribers and
+  100 channels with one each (issue #3), and the largest fan-out of the table above (issue #8,
+  item 4).
 - Stores: *SQLite* is c8ws's default (its `{STORE_FILE}` in the data dir: WAL,
   `synchronous=NORMAL`, in a thread of the server process); *PostgreSQL* is `c8ws serve` with
   `C8WS_DATABASE_URL=postgresql://...` pointing at a cluster the harness makes with initdb in a

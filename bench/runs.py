@@ -82,6 +82,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     if args.persist:
         shapes = [(1, args.persist_subscribers, args.window),
                   (args.persist_channels, 1, args.persist_window)]
+        if largest > args.persist_subscribers:  # persistent at the fan-out rate
+            shapes.append((1, largest, args.window))
         for channels, subscribers, window in shapes:
             for persistent in (False, True):
                 prefix = f"persist-{channels}x{subscribers}-{'on' if persistent else 'off'}"
