@@ -16,14 +16,15 @@ Node load generator (bench/peers/loadgen.js) pinned to CPU 1 for each scenario, 
 server's processes' CPU time and RSS from /proc at the generator's start/stop marks, stop the
 server and its engines. The persistent-publishing scenarios run on c8ws with each store, and the
 records each stored are counted in the store. Then bench/search.py times the seed QUERY (pinned
-to CPU 0, no server running), and c8ws is profiled in the largest fan-out with
+to CPU 0, no server running), bench/search_load.py times it again over HTTP while c8ws serves
+the rate scenario, and c8ws is profiled in the largest fan-out with
 bench/profile_server.py (`--no-profile` skips it). Finally bench/RESULTS.md is written and the
 tables printed. Run from the repo root: `.venv/bin/python bench/fanout.py` (`--duration 3` for a
 quick look, `--servers c8ws,ws` for some servers only).
 
 Modules: servers.py (configurations, processes, /proc sampling), engines.py (redis-server and
-PostgreSQL), runs.py (scenarios, generator and search runs), profiling.py (the sampled run and
-its section), tables.py and report.py (RESULTS.md).
+PostgreSQL), runs.py (scenarios, generator and search runs), search_load.py (search under
+load), profiling.py (the sampled run and its section), tables.py and report.py (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 from profiling import run_profile
 from report import BUSY_PCT, KEEP_MARKER, report, write_results
 from runs import RunResult, run_search, run_server, scenarios
+from search_load import SearchUnderLoad, run_search_under_load
 from servers import BENCH, SERVERS, Pins, background_load, pin_plan
 
 RESULTS = BENCH / "RESULTS.md"
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     section: str | None = None
     results: list[RunResult] = []
     searches: list[dict[str, Any]] = []
+    under_load: SearchUnderLoad | None = None
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="c8ws-bench-") as tmp:
         if args.profile_only:
@@ -144,10 +147,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.search_rows > 0:
             print(f"search: {args.search_rows:,} records ...", flush=True)
             searches = run_search(args.search_rows, args.search_runs, pins[0])
+            if args.rate > 0 and "c8ws" in servers:
+                print("search under the rate load ...", flush=True)
+                try:
+                    under_load = run_search_under_load(args, pins, Path(tmp))
+                except RuntimeError as error:
+                    print(f"  FAILED: {error}", flush=True)
+                    failures.append(f"search under load: {str(error)[:300]}")
         if args.profile and "c8ws" in servers:
             section = run_profile(args, pins, Path(tmp))
     generated = report(results, searches, args, pins, idle_load, failures,
-                       time.monotonic() - began)
+                       time.monotonic() - began, under_load)
     print()
     print(generated)
     if not args.no_write:

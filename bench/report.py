@@ -14,10 +14,12 @@ from typing import Any
 
 from engines import POSTGRES_SETTINGS
 from runs import BROKERS, RunResult
+from search_load import SEARCH_INTERVAL, SearchUnderLoad
 from servers import HOST, RELEASE_TIMEOUT, ROOT, SERVER_ENV, SERVERS, STORE_FILE, Pins
 from tables import (
     GENERATOR_BOUND_PCT,
     GENERATOR_MARK,
+    LOADED_RISE_TARGET,
     PERSIST_TARGET,
     SEARCH_TARGETS_MS,
     broker_table,
@@ -26,6 +28,7 @@ from tables import (
     problems_markdown,
     ratio_table,
     scrub,
+    search_load_table,
     search_table,
     table,
 )
@@ -176,9 +179,24 @@ def search_section(searches: list[dict[str, Any]]) -> str:
 {search_table(searches)}"""
 
 
+def search_load_section(under_load: SearchUnderLoad) -> str:
+    target = SEARCH_TARGETS_MS["search seed"]
+    return f"""## Search under fan-out load (c8ws only)
+
+- c8ws as in the fan-out table, its SQLite store holding one channel of {under_load.rows:,} vote
+  records (filled by `bench/search.py --fill` while the server was stopped), runs the
+  *rate* scenario twice: alone, then while a client searches that channel over HTTP
+  (`POST /api/channels/big/search`, the seed QUERY) again {SEARCH_INTERVAL * 1000:g} ms after
+  each answer. The first search after the start, which counts every match, is made before
+  both runs: {under_load.first_ms:,.0f} ms. Targets: search p99 under {target:g} ms, and the
+  live traffic's p99 rising by less than {LOADED_RISE_TARGET:.0%}.
+
+{search_load_table(under_load)}"""
+
+
 def report(results: list[RunResult], searches: list[dict[str, Any]], args: argparse.Namespace,
            pins: Pins, idle_load: float, failures: list[str] | None = None,
-           elapsed_s: float | None = None) -> str:
+           elapsed_s: float | None = None, under_load: SearchUnderLoad | None = None) -> str:
     """The generated part of RESULTS.md (everything above the keep marker)."""
     pinning = (f"every server pinned to CPU {pins[0]} unless its table says otherwise, load "
                f"generator to CPU {pins[1]} (taskset)"
@@ -192,6 +210,8 @@ def report(results: list[RunResult], searches: list[dict[str, Any]], args: argpa
         sections.append(idle_section(results, args))
     if searches:
         sections.append(search_section(searches))
+    if under_load is not None:
+        sections.append(search_load_section(under_load))
     body = "\n".join(sections)
     took = "" if elapsed_s is None else f" in {elapsed_s / 60:.0f} minutes"
     when = f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}{took}"

@@ -100,7 +100,12 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--votes", type=int, default=20, help="records appended before each run")
+    parser.add_argument("--fill", type=Path, metavar="STORE",
+                        help="only fill channel `big` of this existing store (a server's, stopped)")
     args = parser.parse_args()
+    if args.fill is not None:
+        fill(args.fill, args.rows)
+        return
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "search.sqlite3"
         store = SqliteStore(str(path))

@@ -1,7 +1,7 @@
 """The markdown tables of RESULTS.md: fan-out (c8ws vs the floor and the Node peers, and the
 ratios between them), c8ws on the memory vs the redis broker, persistent vs non-persistent
-publishing on SQLite and PostgreSQL, memory per idle connection, search latency; and the list of
-problems seen during the runs."""
+publishing on SQLite and PostgreSQL, memory per idle connection, search latency alone and under
+load; and the list of problems seen during the runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from runs import BROKERS, PEERS, STORES, RunResult
+from search_load import SearchUnderLoad
 from servers import RELEASE_TIMEOUT, ROOT, SERVERS
 
 LINGER_NOTE = 10  # sockets still open 1 s after a run worth a note
@@ -25,6 +26,7 @@ def scrub(text: str) -> str:
     return DIRECTORIES_RE.sub("", text.replace(f"{ROOT}/", ""))
 PERSIST_TARGET = 0.7  # persistent publishes/s at least this share of non-persistent
 SEARCH_TARGETS_MS = {"search seed": 20.0, "search seed+groupBy": 300.0}  # p99
+LOADED_RISE_TARGET = 0.2  # the live traffic's p99 may rise by less than this with searches going
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -288,6 +290,30 @@ def search_table(searches: list[dict[str, Any]]) -> str:
             f"{s['runs']} ({s['votes_per_run']}) | {fmt_ms(s['p50_ms'])} | "
             f"{fmt_ms(s['p99_ms'])} | {'-' if target is None else f'< {target:g} ms'} | {met} |"
         )
+    return "\n".join(rows) + "\n"
+
+
+def search_load_table(s: SearchUnderLoad) -> str:
+    """The rate run alone and with the searcher, then the searches' latencies."""
+    target = SEARCH_TARGETS_MS["search seed"]
+    rise = s.p99_rise
+    rise_text = "-" if rise is None else (
+        f"{rise:+.0%} ({'met' if rise < LOADED_RISE_TARGET else '**not met**'})")
+    searched = s.search_ms(0.99)
+    rows = [
+        "| run | deliveries/s | lost | p50 ms | p99 ms | p99 change (target < "
+        f"+{LOADED_RISE_TARGET:.0%}) | searches | search p50 ms | search p99 ms (target < "
+        f"{target:g}) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, r, searches in (("alone", s.alone, None), ("with searches", s.loaded, s)):
+        gen = r.gen
+        rows.append(
+            f"| {r.scenario.name}, {label} | {r.deliveries_per_s:,.0f} | {loss_cell(gen)} "
+            f"| {fmt_ms(gen.get('p50_ms'))} | {fmt_ms(gen.get('p99_ms'))} | "
+            + ("|  |  | " if searches is None else
+               f"{rise_text} | {len(s.latencies_ms)} | {fmt_ms(s.search_p50_ms)} | "
+               f"{fmt_ms(searched)} ({'met' if searched < target else '**not met**'})") + " |")
     return "\n".join(rows) + "\n"
 
 
