@@ -156,6 +156,15 @@ async def publish() -> Response:
         raise HTTPError(401, ErrorCode.UNAUTHORIZED, "unknown key or wrong secret")
     message = fields["message"]
     text = message if isinstance(message, str) else None
+    limits = node.limits(app)
+    size = len(text.encode()) if text is not None else len(orjson.dumps(message))
+    if size > limits.max_frame_bytes:
+        raise HTTPError(413, ErrorCode.TOO_LARGE,
+                        f"message too large: the limit is {limits.max_frame_bytes} bytes")
+    if not node.http_bucket(app.id, limits).take():
+        raise HTTPError(429, ErrorCode.RATE_LIMITED,
+                        f"too many messages: {limits.msg_rate:g}/s, bursts of "
+                        f"{limits.msg_burst:d} for the app's REST publishes")
     try:
         record = await node.stamp(
             (app.id, fields["channelId"]), client_id="http-api", text=text,

@@ -41,6 +41,7 @@ class ErrorCode:
     INVALID_REQUEST = "invalid_request"
     UNKNOWN_COMMAND = "unknown_command"
     RATE_LIMITED = "rate_limited"
+    TOO_LARGE = "too_large"
     NOT_STORED = "not_stored"
     UNAVAILABLE = "unavailable"
     FORBIDDEN = "forbidden"

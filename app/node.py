@@ -21,7 +21,7 @@ from app.broker.base import Broker, PresenceChange, PresenceEvent, PresenceMembe
 from app.config import Settings
 from app.errors import CloseCode, NotStored, Refusal
 from app.hub import Hub
-from app.limits import Limits, limits_for
+from app.limits import Limits, TokenBucket, limits_for
 from app.member import Member, Outgoing
 from app.metrics import NodeStats
 from app.protocol import (
@@ -105,6 +105,7 @@ class Node:
         self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
         self.presence = broker.presence(settings.presence_grace, self._announce)
         self._signin_tokens: dict[str, str] = {}
+        self._http_buckets: dict[str, TokenBucket] = {}  # per app, for REST publishes
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
@@ -152,6 +153,15 @@ class Node:
 
     def limits(self, app: App) -> Limits:
         return limits_for(self.settings, app.settings)
+
+    def http_bucket(self, app_id: str, limits: Limits) -> TokenBucket:
+        """The token bucket metering an app's REST publishes on this node (the rate and burst
+        of one connection), renewed when the app's limits change."""
+        bucket = self._http_buckets.get(app_id)
+        if (bucket is None or bucket.rate != limits.msg_rate
+                or bucket.burst != max(limits.msg_burst, 1)):
+            bucket = self._http_buckets[app_id] = TokenBucket(limits.msg_rate, limits.msg_burst)
+        return bucket
 
     def admit(self, member: Member, limits: Limits) -> None:
         """Count a new connection, or refuse it (4029) past its app's connection, per-IP or

@@ -211,10 +211,13 @@ async def read_loop(node: Node, member: Member) -> None:
             member.close(CloseCode.TOO_LARGE, "message too large")
             return
         if not bucket.take():
-            if bucket.refused == 1:  # once per streak, so a flood is not answered in kind
+            # Answered once per streak, so a flood is not answered in kind; but a request with a
+            # rid always is, or its sender (a widget's search) would wait for an answer.
+            rid = request_id(frame) if member.dialect is Dialect.C8 else None
+            if bucket.refused == 1 or (rid is not None and bucket.refused < bucket.burst):
                 member.send_frame(error_frame(
                     member.dialect, ErrorCode.RATE_LIMITED,
-                    f"Too many messages: {bucket.rate:g}/s, bursts of {bucket.burst:g}."))
+                    f"Too many messages: {bucket.rate:g}/s, bursts of {bucket.burst:g}.", rid))
             elif bucket.refused >= bucket.burst:
                 member.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
                 return
@@ -233,6 +236,15 @@ async def discard_until_disconnect(timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while True:
                 await websocket.receive()
+
+
+def request_id(frame: Frame) -> str | None:
+    """The rid of a c8 request (publish or search), if the frame is one and has one."""
+    try:
+        command = parse_c8(frame)
+    except ClientError as error:
+        return error.rid
+    return command.rid if isinstance(command, Publish | Search) else None
 
 
 def _size(frame: Frame) -> int:

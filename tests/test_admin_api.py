@@ -78,6 +78,31 @@ async def test_rest_publish(server: Server) -> None:
         assert client.request("POST", "/api/publish", bad)[0] == code
 
 
+async def test_rest_publish_keeps_the_apps_frame_size_and_rate(
+        make_server: Callable[..., Server]) -> None:
+    """A REST publish larger than the app's frame size is refused with 413 and reaches nobody;
+    past the rate (shared by the app's REST publishes) they get 429; members stay connected."""
+    server = make_server({"C8WS_MAX_FRAME_BYTES": "64", "C8WS_MSG_RATE": "0.01",
+                          "C8WS_MSG_BURST": "3"})
+    client = Client(server.http)
+
+    def rest(message: object) -> tuple[int, dict[str, dict[str, str]]]:
+        status, body, _ = client.request("POST", "/api/publish", {
+            "key": "demo", "secret": server.secret, "channelId": "guarded", "message": message})
+        return status, body
+
+    async with await connect(server.ws("/v3/guarded?api_key=demo")) as listener:
+        for too_big in ("x" * 65, {"text": "y" * 60}):
+            status, body = rest(too_big)
+            assert status == 413 and body["error"]["code"] == "too_large"
+            assert "64 bytes" in body["error"]["message"]
+        answers = [rest(f"m{number}")[0] for number in range(5)]
+        assert answers[:3] == [200, 200, 200] and answers[3:] == [429, 429]
+        assert [await recv(listener) for _ in range(3)] == ["m0", "m1", "m2"]
+        await listener.send("cmd_ping")
+        assert await recv(listener) == '{"system":"pong"}'  # nothing else came, still served
+
+
 async def test_metrics_and_health(server: Server) -> None:
     """Prometheus text with our metrics; /healthz answers."""
     client = Client(server.http)
