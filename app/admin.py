@@ -161,10 +161,11 @@ async def publish() -> Response:
     if size > limits.max_frame_bytes:
         raise HTTPError(413, ErrorCode.TOO_LARGE,
                         f"message too large: the limit is {limits.max_frame_bytes} bytes")
-    if not node.http_bucket(app.id, limits).take():
+    bucket = node.http_bucket(app.id, limits)
+    if not bucket.take():
         raise HTTPError(429, ErrorCode.RATE_LIMITED,
-                        f"too many messages: {limits.msg_rate:g}/s, bursts of "
-                        f"{limits.msg_burst:d} for the app's REST publishes")
+                        f"too many messages: {bucket.rate:g}/s, bursts of {bucket.burst:g} for "
+                        "the app's REST publishes")
     try:
         record = await node.stamp(
             (app.id, fields["channelId"]), client_id="http-api", text=text,

@@ -68,6 +68,7 @@ class InFlight:
         """Return once at most `at_most` are in flight."""
         if self.count <= at_most:
             return
+        assert self._waiter is None, "one waiter at a time (the member's read loop)"
         self._at_most = at_most
         self._waiter = asyncio.get_running_loop().create_future()
         await self._waiter

@@ -53,6 +53,8 @@ def _wants_presence(member: Member) -> bool:
 
 def _settle(outcome: asyncio.Future[None], error: BaseException | None) -> None:
     if outcome.done():  # its waiter was cancelled
+        if error is not None:
+            log.warning("a publish whose caller went away failed: %s", error)
         return
     if error is None:
         outcome.set_result(None)
@@ -72,6 +74,15 @@ def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+@dataclass
+class Batch:
+    """Persistent records waiting for one commit, with their senders' answers; `published` is
+    done once every one of them has been handed to the broker (or answered with an error)."""
+
+    waiting: list[tuple[Record, Answer]]
+    published: asyncio.Future[None]
 
 
 @dataclass
@@ -105,12 +116,14 @@ class Node:
         self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
         self.presence = broker.presence(settings.presence_grace, self._announce)
         self._signin_tokens: dict[str, str] = {}
-        self._http_buckets: dict[str, TokenBucket] = {}  # per app, for REST publishes
+        # per app, for REST publishes: the (rate, burst) each was made for, and the bucket
+        self._http_buckets: dict[str, tuple[tuple[float, int], TokenBucket]] = {}
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
         self._live: set[Member] = set()  # every connection until its socket is done
         self._history: dict[ChannelKey, History] = {}  # while subscribed, for recovery
-        self._batches: dict[asyncio.Future[None], list[tuple[Record, Answer]]] = {}  # committing
-        self._storing: dict[ChannelKey, asyncio.Future[None]] = {}  # a channel's latest batch
+        self._batches: dict[asyncio.Future[None], Batch] = {}  # by the commit they wait for
+        self._storing: dict[ChannelKey, asyncio.Future[None]] = {}  # latest batch's `published`
+        self._last_published: asyncio.Future[None] | None = None  # the previous batch's
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._last_stored)
@@ -127,8 +140,12 @@ class Node:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        """Drain the members, then disconnect from the broker."""
+        """Drain the members, let committing records reach the broker, then disconnect."""
         await self.drain()
+        if self._batches:  # their commits start publishing tasks, waited for next
+            await asyncio.wait(list(self._batches), timeout=self.settings.shutdown_timeout)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self.settings.shutdown_timeout)
         if self._counts_task is not None:
             self._counts_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -156,12 +173,13 @@ class Node:
 
     def http_bucket(self, app_id: str, limits: Limits) -> TokenBucket:
         """The token bucket metering an app's REST publishes on this node (the rate and burst
-        of one connection), renewed when the app's limits change."""
-        bucket = self._http_buckets.get(app_id)
-        if (bucket is None or bucket.rate != limits.msg_rate
-                or bucket.burst != max(limits.msg_burst, 1)):
-            bucket = self._http_buckets[app_id] = TokenBucket(limits.msg_rate, limits.msg_burst)
-        return bucket
+        of one connection), made again when the app's limits change."""
+        made = self._http_buckets.get(app_id)
+        if made is None or made[0] != (limits.msg_rate, limits.msg_burst):
+            made = (limits.msg_rate, limits.msg_burst), TokenBucket(limits.msg_rate,
+                                                                    limits.msg_burst)
+            self._http_buckets[app_id] = made
+        return made[1]
 
     def admit(self, member: Member, limits: Limits) -> None:
         """Count a new connection, or refuse it (4029) past its app's connection, per-IP or
@@ -353,14 +371,15 @@ class Node:
 
     async def dispatch(self, record: Record) -> None:
         """Publish a stamped record, committing it first when persistent; returns once the
-        broker has it. Cancelling the caller changes nothing for the record."""
+        broker has it. Cancelling the caller changes nothing for a persistent record: it is
+        stored and published all the same."""
         if record.persistent:
             outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.store_then_publish(record, partial(_settle, outcome))
             await outcome
             return
-        # Keep channel order: a persistent record stamped earlier is published first (shielded:
-        # its batch is shared with other publishers).
+        # Keep channel order: the persistent records stamped earlier reach the broker first
+        # (shielded: their batch is shared with other publishers).
         earlier = self._storing.get(record.key)
         if earlier is not None:
             with contextlib.suppress(Exception):
@@ -370,35 +389,42 @@ class Node:
     def store_then_publish(self, record: Record, answer: Answer) -> None:
         """Commit a persistent record, then hand it to the broker; `answer` is called once with
         None or the error (`NotStored`: the record is neither stored nor delivered). Records
-        reach the broker in the order they came here, a whole batch from one task."""
-        batch = self.store.append_record(record)
-        waiting = self._batches.get(batch)
-        if waiting is None:
-            waiting = self._batches[batch] = []
-            batch.add_done_callback(self._stored)
-        waiting.append((record, answer))
-        self._storing[record.key] = batch
+        reach the broker in the order they came here: batch after batch, each from one task."""
+        commit = self.store.append_record(record)
+        batch = self._batches.get(commit)
+        if batch is None:
+            batch = Batch([], asyncio.get_running_loop().create_future())
+            self._batches[commit] = batch
+            commit.add_done_callback(self._stored)
+        batch.waiting.append((record, answer))
+        self._storing[record.key] = batch.published
 
-    def _stored(self, batch: asyncio.Future[None]) -> None:
-        waiting = self._batches.pop(batch)
-        for record, _ in waiting:
-            if self._storing.get(record.key) is batch:
-                del self._storing[record.key]
-        error = NotStored("record not stored") if batch.cancelled() else batch.exception()
-        if error is None:
-            self._in_background(self._publish_stored(waiting))
-            return
-        for _, answer in waiting:
-            _tell(answer, error)
+    def _stored(self, commit: asyncio.Future[None]) -> None:
+        batch = self._batches.pop(commit)
+        error = NotStored("record not stored") if commit.cancelled() else commit.exception()
+        earlier, self._last_published = self._last_published, batch.published
+        self._in_background(self._publish_stored(batch, earlier, error))
 
-    async def _publish_stored(self, waiting: list[tuple[Record, Answer]]) -> None:
-        for record, answer in waiting:
-            try:
-                await self.broker.publish(record)
-            except Exception as error:  # the answer tells its publisher; the rest go on
-                _tell(answer, error)
-            else:
-                _tell(answer, None)
+    async def _publish_stored(self, batch: Batch, earlier: asyncio.Future[None] | None,
+                              error: BaseException | None) -> None:
+        """Hand a committed batch to the broker once the batch before it is there; answer each
+        sender (every one with `error` when the commit failed)."""
+        try:
+            if earlier is not None and not earlier.done():
+                await asyncio.wait([earlier])
+            for record, answer in batch.waiting:
+                failure = error
+                if failure is None:
+                    try:
+                        await self.broker.publish(record)
+                    except Exception as raised:  # the answer tells its sender; the rest go on
+                        failure = raised
+                _tell(answer, failure)
+        finally:
+            for record, _ in batch.waiting:
+                if self._storing.get(record.key) is batch.published:
+                    del self._storing[record.key]
+            batch.published.set_result(None)
 
     def _deliver(self, record: Record) -> None:
         key = record.key

@@ -213,14 +213,14 @@ async def read_loop(node: Node, member: Member) -> None:
         if not bucket.take():
             # Answered once per streak, so a flood is not answered in kind; but a request with a
             # rid always is, or its sender (a widget's search) would wait for an answer.
+            if bucket.refused != 1 and bucket.refused >= bucket.burst:
+                member.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
+                return
             rid = request_id(frame) if member.dialect is Dialect.C8 else None
-            if bucket.refused == 1 or (rid is not None and bucket.refused < bucket.burst):
+            if bucket.refused == 1 or rid is not None:
                 member.send_frame(error_frame(
                     member.dialect, ErrorCode.RATE_LIMITED,
                     f"Too many messages: {bucket.rate:g}/s, bursts of {bucket.burst:g}.", rid))
-            elif bucket.refused >= bucket.burst:
-                member.close(CloseCode.RATE_LIMITED, "rate limit exceeded")
-                return
             continue
         try:
             await handle(node, member, parse(frame))
@@ -288,9 +288,9 @@ async def _publish(node: Node, member: Member, rid: str | None, **message: Any) 
     if not record.persistent:
         _answer(member, rid, record, None)
         return
-    in_flight = member.in_flight
-    in_flight.started()
     node.store_then_publish(record, partial(_answer_stored, member, rid, record))
+    in_flight = member.in_flight
+    in_flight.started()  # after: answers come from callbacks, never before this returns
     if in_flight.count >= MAX_PIPELINED:
         await in_flight.wait_until(MAX_PIPELINED - 1)
 

@@ -58,7 +58,8 @@ def fill(path: Path, rows: int) -> None:
         ((r.app, r.channel, r.seq, r.id, r.client_id, r.created, r.username,
           orjson.dumps(r.data).decode()) for r in votes(iter(range(1, rows + 1)))),
     )
-    db.execute("INSERT INTO channel_counts (app, channel, records) VALUES ('demo', 'big', ?)",
+    db.execute("INSERT INTO channel_counts (app, channel, records) VALUES ('demo', 'big', ?) "
+               "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records",
                (rows,))
     db.commit()
     db.close()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runs import SEARCH, SEARCH_TIMEOUT, RunResult, Scenario, run_scenario
-from search import SEED_QUERY
+from search import SEED_QUERY, nearest_rank
 from servers import HOST, SERVERS, STORE_FILE, Pins, pinned, running_server
 
 SEARCH_INTERVAL = 0.1  # seconds between one search's answer and the next search
@@ -41,8 +41,7 @@ class SearchUnderLoad:
         return after / before - 1 if before and after is not None else None
 
     def search_ms(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
+        return nearest_rank(sorted(self.latencies_ms), q) if self.latencies_ms else math.nan
 
     @property
     def search_p50_ms(self) -> float:
@@ -76,6 +75,8 @@ def run_search_under_load(args: argparse.Namespace, pins: Pins, workdir: Path) -
             loaded = run_scenario(server, rate, pins[1], on_mark=searcher.on_mark)
         finally:
             searcher.stop()
+    if searcher.error is not None:
+        raise RuntimeError(f"a search under load failed: {searcher.error}")
     return SearchUnderLoad(args.search_rows, alone, loaded, first_ms, searcher.latencies_ms)
 
 
@@ -97,6 +98,7 @@ class Searcher:
     def __init__(self, url: str) -> None:
         self.url = url
         self.latencies_ms: list[float] = []
+        self.error: str | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run)
 
@@ -113,5 +115,9 @@ class Searcher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self.latencies_ms.append(timed_search(self.url))
+            try:
+                self.latencies_ms.append(timed_search(self.url))
+            except Exception as error:  # noted, and the run reported as failed
+                self.error = f"{type(error).__name__}: {error}"
+                return
             self._stopping.wait(SEARCH_INTERVAL)

@@ -181,9 +181,11 @@ async def test_failed_commit_is_not_delivered_and_sender_is_told(
     async with await connect(url) as a, await connect(url) as b:
         await recv_kind(a, "welcome")
         await recv_kind(b, "welcome")
-        await a.send(publish({"x": 1}, "r1"))
-        error = await recv_kind(a, "error")
-        assert error["code"] == "not_stored" and error["rid"] == "r1"
+        for number in (1, 2, 3):  # sent together: one batch or several, each answered once
+            await a.send(publish({"x": number}, f"r{number}"))
+        errors = [await recv_kind(a, "error") for _ in range(3)]
+        assert [(e["code"], e["rid"]) for e in errors] == [
+            ("not_stored", "r1"), ("not_stored", "r2"), ("not_stored", "r3")]
         with pytest.raises(TimeoutError):
             await recv_kind(b, "message", 0.3)
         assert (await search_ws(a, {}))["total"] == 0

@@ -29,6 +29,7 @@ _INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 WAL_CHECKPOINT_PAGES = 10_000
+WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
 _COUNT = (
     "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
     "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records"
@@ -67,6 +68,7 @@ class SqliteStore(Store):
         # Checkpoint every WAL_CHECKPOINT_PAGES instead of 1,000: a batch spread over many
         # channels writes a few hundred pages, most of them again in the next batches.
         await self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        await self._writer.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         await self._migrate(self._writer)
         self._reader = await self._connect()
         self._searcher = await self._connect()

@@ -56,6 +56,29 @@ async def test_dialects_across_nodes_in_order(nodes: tuple[Server, Server]) -> N
         assert await status(c8) == {"system": {"connection_count": 2}}
 
 
+async def test_pipelined_persistent_and_plain_publishes_keep_order_across_nodes(
+        nodes: tuple[Server, Server]) -> None:
+    """A persistent c8 member on A sends 300 publishes without waiting (within its rate burst;
+    many commits, each handed to Redis record by record) while a plain member on A publishes in
+    between; a member on B gets every message once, in seq order, and the persistent ones in
+    the order sent."""
+    a, b = nodes
+    url = "/c8/xorder?api_key=demo"
+    async with await connect(a.ws(url + "&persistent=1")) as stored, \
+            await connect(a.ws(url)) as plain, await connect(b.ws(url)) as watcher:
+        for client in (stored, plain, watcher):
+            await recv_kind(client, "welcome")
+        for number in range(300):
+            await stored.send(orjson.dumps({"publish": {"data": {"s": number}}}).decode())
+            if number % 50 == 0:
+                await plain.send(orjson.dumps({"publish": {"data": {"p": number}}}).decode())
+        got = [await recv_kind(watcher, "message", timeout=20 * UNIT) for _ in range(306)]
+    seqs = [message["seq"] for message in got]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 306
+    assert [m["data"]["s"] for m in got if "s" in m["data"]] == list(range(300))
+    assert [m["data"]["p"] for m in got if "p" in m["data"]] == list(range(0, 300, 50))
+
+
 async def test_search_on_b_finds_what_a_stored(nodes: tuple[Server, Server]) -> None:
     """Persistent messages published through A are found by a search on B."""
     a, b = nodes
