@@ -26,6 +26,7 @@ from app.member import Member, Outgoing
 from app.metrics import NodeStats
 from app.protocol import (
     Dialect,
+    Frame,
     RecordFrames,
     connections_frame,
     encode_record,
@@ -87,10 +88,13 @@ class Batch:
 
 @dataclass
 class History:
-    """The records this node delivered in a channel since it subscribed at position `start`."""
+    """The records this node delivered in a channel since it subscribed at position `start`,
+    kept as plain tuples: a tuple of strings and ints is untracked by the garbage collector,
+    while a NamedTuple never is, and thousands per channel would lengthen every full collection
+    (which stops the event loop) and bring the next one sooner."""
 
     start: int
-    records: deque[RecordFrames]
+    records: deque[tuple[int, Frame, str | None]]
 
 
 class Node:
@@ -431,7 +435,7 @@ class Node:
         frames = encode_record(record)
         history = self._history.get(key)
         if history is not None:
-            history.records.append(frames)
+            history.records.append((frames.seq, frames.piesocket, frames.c8))
         skip = record.sender if record.node == self.id else None
         self.channel_messages[key] += 1
         self.stats.deliveries += self.hub.fan_out(key, frames, skip)
@@ -454,7 +458,8 @@ class Node:
         history = self._history.get(key)
         if history is None:
             return None
-        found = {r.seq: r for r in history.records if r.seq > stored_only}
+        found = {kept[0]: RecordFrames._make(kept) for kept in history.records
+                 if kept[0] > stored_only}
         for record in await self.store.read_range(key[0], key[1], since, limit + 1):
             if record.seq not in found:
                 found[record.seq] = encode_record(record)

@@ -141,8 +141,7 @@ def c8_message_frame(record: Record) -> str | None:
 
 
 class RecordFrames(NamedTuple):
-    """A record encoded once for each dialect. Only strings and ints, so the history that keeps
-    thousands of these costs the garbage collector nothing."""
+    """A record encoded once for each dialect."""
 
     seq: int
     piesocket: Frame
