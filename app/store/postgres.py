@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +22,7 @@ from app.query import POSTGRES, RANGE_COLUMNS, Statement, compile_where, stored_
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
 from app.store.batching import GroupCommit, channel_counts
-from app.store.search import Fetch, SearchCounts
+from app.store.search import SearchCounts, run_plan_async
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +222,12 @@ class PostgresStore(Store):
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self._snapshot() as fetch:
-                return await self._counts.search(fetch, app, channel, query)
+                return await run_plan_async(self._counts.plan(app, channel, query), fetch)
         except _DRIVER_ERRORS as error:
             raise StoreError(f"PostgreSQL: {error}") from None
 
     @contextlib.asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[Fetch]:
+    async def _snapshot(self) -> AsyncIterator[Callable[[Statement], Awaitable[list[Any]]]]:
         """One repeatable-read transaction: its statements see one snapshot."""
         async with self._db.acquire() as db, db.transaction(isolation="repeatable_read",
                                                             readonly=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,32 @@ from app.query import (
     items_of,
 )
 
-Fetch = Callable[[Statement], Awaitable[list[Any]]]
-"""Runs a statement and returns its rows; every call of one search sees the same snapshot."""
+Plan = Generator[Statement, list[Any], dict[str, Any]]
+"""One search: yields its statements, is sent each one's rows, returns the answer. Every
+statement of one plan must run in the same snapshot (one read transaction)."""
+
+
+def run_plan(plan: Plan, fetch: Callable[[Statement], list[Any]]) -> dict[str, Any]:
+    """Carry out a plan with a blocking `fetch` (SQLite, on its search thread)."""
+    try:
+        statement = next(plan)
+        while True:
+            statement = plan.send(fetch(statement))
+    except StopIteration as done:
+        answer: dict[str, Any] = done.value
+        return answer
+
+
+async def run_plan_async(plan: Plan,
+                         fetch: Callable[[Statement], Awaitable[list[Any]]]) -> dict[str, Any]:
+    """Carry out a plan with an awaitable `fetch` (PostgreSQL)."""
+    try:
+        statement = next(plan)
+        while True:
+            statement = plan.send(await fetch(statement))
+    except StopIteration as done:
+        answer: dict[str, Any] = done.value
+        return answer
 
 MAX_ENTRIES = 1024
 """Searches whose counts are kept (least recently used go first)."""
@@ -66,14 +90,15 @@ class SearchCounts:
         self._counted: OrderedDict[str, Counted] = OrderedDict()
         self._kept_chars = 0
 
-    async def search(self, fetch: Fetch, app: str, channel: str,
-                     query: dict[str, Any]) -> dict[str, Any]:
-        """`{"total", "items"}` or, with groupBy, `{"total", "groups"}` for a validated QUERY."""
+    def plan(self, app: str, channel: str, query: dict[str, Any]) -> Plan:
+        """`{"total", "items"}` or, with groupBy, `{"total", "groups"}` for a validated QUERY.
+        A plan, not a coroutine, so SQLite can run a whole search in one call on its own thread
+        (each hand-off between threads waits for a busy event loop)."""
         # json, not orjson: a filter may hold an integer past 64 bits.
         key = json.dumps([app, channel, query["filters"], query["groupBy"]])
         before = self._counted.get(key)
         after_seq = before.seq if before else None
-        row = (await fetch(compile_freshness(app, channel, after_seq, self._dialect)))[0]
+        row = (yield compile_freshness(app, channel, after_seq, self._dialect))[0]
         records, last = row[0] or 0, row[1] or 0
         if before is not None and records - before.records != row[2]:
             before = None  # a record at or below before.seq arrived since: count again
@@ -83,7 +108,7 @@ class SearchCounts:
         groups: list[Any] = []  # the answer's leading groups, when counted here
         carried = "[]" if before is None else before.carried
         if query["groupBy"] is not None and carried is not None:
-            groups = [tuple(r) for r in await fetch(compile_groups(
+            groups = [tuple(r) for r in (yield compile_groups(
                 app, channel, query, seqs, carried, MAX_GROUPS + 1, self._dialect))]
             if len(groups) <= MAX_GROUPS:
                 total = sum(n for _, _, n in groups)
@@ -92,12 +117,12 @@ class SearchCounts:
                                         kept if len(kept) <= MAX_CARRIED_CHARS else None))
                 return {"total": total, "groups": groups_of(groups[first:end])}
 
-        counted = await fetch(compile_count(app, channel, query["filters"], seqs, self._dialect))
+        counted = yield compile_count(app, channel, query["filters"], seqs, self._dialect)
         total = (before.total if before else 0) + int(counted[0][0])
         self._keep(key, Counted(last, records, total, None))
         if end <= len(groups):  # too many groups to keep, but the page is among those counted
             return {"total": total, "groups": groups_of(groups[first:end])}
-        page_rows = await fetch(compile_page(app, channel, query, self._dialect))
+        page_rows = yield compile_page(app, channel, query, self._dialect)
         if query["groupBy"] is not None:
             return {"total": total, "groups": groups_of(page_rows)}
         return {"total": total, "items": items_of(page_rows)}

@@ -1,6 +1,7 @@
 """The embedded store: one SQLite file in WAL mode, one writer connection doing group commit, a
-reader connection so reads never wait for a batch, and a search connection whose snapshots (one
-read transaction per search) never hold back the other reads.
+reader connection so reads never wait for a batch, and a search connection on a thread of its
+own that runs each search whole (one read transaction, one hand-off from the event loop), so its
+snapshots never hold back the other reads.
 """
 
 from __future__ import annotations
@@ -8,21 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
 from app.errors import StoreError
-from app.query import RANGE_COLUMNS, SQLITE, Statement, compile_where, stored_record
+from app.query import RANGE_COLUMNS, SQLITE, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
 from app.store.batching import GroupCommit, channel_counts
-from app.store.search import Fetch, SearchCounts
+from app.store.search import Plan, SearchCounts, run_plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
@@ -53,8 +57,8 @@ class SqliteStore(Store):
             self._write_batch, _row, "sqlite-commits", commit_interval_ms / 1000, on_commit)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._searcher: aiosqlite.Connection | None = None
-        self._searching = asyncio.Lock()
+        self._searcher: sqlite3.Connection | None = None  # used on _search_thread only
+        self._search_thread: ThreadPoolExecutor | None = None
         self._counts = SearchCounts(SQLITE)
 
     async def open(self) -> None:
@@ -71,7 +75,8 @@ class SqliteStore(Store):
         await self._writer.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         await self._migrate(self._writer)
         self._reader = await self._connect()
-        self._searcher = await self._connect()
+        self._search_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search")
+        self._searcher = await self._on_search_thread(self._connect_searcher)
         self._commits.start()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -101,9 +106,24 @@ class SqliteStore(Store):
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    def _connect_searcher(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def _on_search_thread(self, work: Callable[..., T], *args: Any) -> T:
+        if self._search_thread is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._search_thread, work, *args)
+
     async def close(self) -> None:
         await self._commits.close()
-        for db in (self._searcher, self._reader, self._writer):
+        if self._searcher is not None:
+            await self._on_search_thread(self._searcher.close)
+        if self._search_thread is not None:
+            self._search_thread.shutdown(wait=False)  # idle now: its last job was the close
+            self._search_thread = None
+        for db in (self._reader, self._writer):
             if db is not None:
                 await db.close()
         self._searcher = self._reader = self._writer = None
@@ -197,30 +217,21 @@ class SqliteStore(Store):
         return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
-        async with self._snapshot() as fetch:
-            return await self._counts.search(fetch, app, channel, query)
-
-    @contextlib.asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[Fetch]:
-        """One read transaction on the search connection: its statements see one snapshot."""
         if self._searcher is None:
             raise StoreError("store is not open")
-        db = self._searcher
+        return await self._on_search_thread(
+            self._search_now, self._searcher, self._counts.plan(app, channel, query))
 
-        async def fetch(statement: Statement) -> list[Any]:
-            async with db.execute(statement.sql, statement.params) as cursor:
-                return list(await cursor.fetchall())
-
-        async with self._searching:
-            try:
-                await db.execute("BEGIN")
-                yield fetch
-            finally:
-                # Queued behind the BEGIN even when this search was cancelled while waiting for
-                # it (the connection's thread runs every statement it was given, in order);
-                # there is no transaction to end only if it was cancelled before the BEGIN.
-                with contextlib.suppress(aiosqlite.OperationalError):
-                    await db.execute("ROLLBACK")
+    @staticmethod
+    def _search_now(db: sqlite3.Connection, plan: Plan) -> dict[str, Any]:
+        """On the search thread: every statement of the search in one read transaction. A
+        cancelled caller leaves it to finish here, so the transaction always ends."""
+        db.execute("BEGIN")
+        try:
+            return run_plan(plan, lambda statement: db.execute(
+                statement.sql, statement.params).fetchall())
+        finally:
+            db.execute("ROLLBACK")
 
     # widgets ----------------------------------------------------------------------------------
 
