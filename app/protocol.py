@@ -128,9 +128,15 @@ def piesocket_frame(record: Record) -> Frame:
         return record.binary
     if record.text is not None:
         return record.text
-    if isinstance(record.data, str):
-        return record.data
-    return _json(record.data)
+    return text_of(record.data)
+
+
+def text_of(data: Any, encoded: str | None = None) -> str:
+    """The piesocket frame of `data` that came without a frame of its own (a c8 publish): a
+    string as it is, anything else as JSON (`encoded`, when the caller has made it already)."""
+    if isinstance(data, str):
+        return data
+    return _json(data) if encoded is None else encoded
 
 
 def c8_message_frame(record: Record) -> str | None:

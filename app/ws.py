@@ -298,7 +298,8 @@ async def _publish(node: Node, member: Member, rid: str | None, **message: Any) 
 def _answer_stored(member: Member, rid: str | None, record: Record,
                    error: BaseException | None) -> None:
     member.in_flight.finished()
-    _answer(member, rid, record, error)
+    if error is not None or rid is not None:  # most stored publishes want no answer
+        _answer(member, rid, record, error)
 
 
 def _answer(member: Member, rid: str | None, record: Record | None,

@@ -19,6 +19,7 @@ import aiosqlite
 import orjson
 
 from app.errors import StoreError
+from app.protocol import text_of
 from app.query import RANGE_COLUMNS, SQLITE, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
@@ -43,8 +44,13 @@ _WIDGET_COLUMNS = "id, name, html, css, js, updated"
 
 
 def _row(record: Record) -> tuple[Any, ...]:
+    """A record as a row. A piesocket frame that is exactly what its data turns back into is not
+    stored twice: read back without it, the frame is made again from the data, byte for byte
+    (the data column keeps the JSON text as written, unlike PostgreSQL's jsonb)."""
+    data = orjson.dumps(record.data).decode()
+    text = None if record.text == text_of(record.data, data) else record.text
     return (record.app, record.channel, record.seq, record.id, record.client_id, record.created,
-            record.username, orjson.dumps(record.data).decode(), record.text)
+            record.username, data, text)
 
 
 class SqliteStore(Store):

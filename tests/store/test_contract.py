@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.errors import NotStored, QueryError, StoreError
+from app.protocol import data_from_text, piesocket_frame
 from app.query import validate_query
 from app.records import Record, record_id
 from app.store import create_store
@@ -371,3 +374,20 @@ async def test_a_cancelled_search_leaves_searching_working(store: Store) -> None
         cancelled.cancel()
         await asyncio.gather(cancelled, return_exceptions=True)
         assert await search(store, channel, SEED_QUERY) == _expected(_votes(12))
+
+
+async def test_piesocket_frames_come_back_byte_for_byte(store: Store, store_url: str) -> None:
+    """A relayed frame is read back exactly as it was sent, whether the store kept its text or
+    (SQLite, when the text is exactly what its data turns back into) only the data."""
+    texts = ['{"a":1}', '"hello"', "hello", '{"a": 1}', "1.0", "[1,2]", '{"b":[true,null]}']
+    records = [replace(record, text=text, data=data_from_text(text)) for record, text
+               in zip(make_records("frames", [None] * len(texts)), texts, strict=True)]
+    for record in records:
+        await store.append_record(record)
+    stored = await store.read_range("demo", "frames", 0, 100)
+    assert [piesocket_frame(record) for record in stored] == texts
+    if not store_url.startswith("postgresql"):  # SQLite: the canonical ones are not kept twice
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+            kept = [row[0] for row in db.execute(
+                "SELECT text FROM records WHERE channel = 'frames' ORDER BY seq")]
+        assert kept == [None, '"hello"', None, '{"a": 1}', None, None, None]
