@@ -11,6 +11,7 @@ counts everything again. Totals stay exact either way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
@@ -37,25 +38,29 @@ statement of one plan must run in the same snapshot (one read transaction)."""
 
 def run_plan(plan: Plan, fetch: Callable[[Statement], list[Any]]) -> dict[str, Any]:
     """Carry out a plan with a blocking `fetch` (SQLite, on its search thread)."""
-    try:
-        statement = next(plan)
+    with contextlib.closing(plan):
+        rows: list[Any] | None = None
         while True:
-            statement = plan.send(fetch(statement))
-    except StopIteration as done:
-        answer: dict[str, Any] = done.value
-        return answer
+            try:
+                statement = plan.send(rows)  # type: ignore[arg-type]  # None starts it
+            except StopIteration as done:
+                answer: dict[str, Any] = done.value
+                return answer
+            rows = fetch(statement)
 
 
 async def run_plan_async(plan: Plan,
                          fetch: Callable[[Statement], Awaitable[list[Any]]]) -> dict[str, Any]:
     """Carry out a plan with an awaitable `fetch` (PostgreSQL)."""
-    try:
-        statement = next(plan)
+    with contextlib.closing(plan):
+        rows: list[Any] | None = None
         while True:
-            statement = plan.send(await fetch(statement))
-    except StopIteration as done:
-        answer: dict[str, Any] = done.value
-        return answer
+            try:
+                statement = plan.send(rows)  # type: ignore[arg-type]  # None starts it
+            except StopIteration as done:
+                answer: dict[str, Any] = done.value
+                return answer
+            rows = await fetch(statement)
 
 MAX_ENTRIES = 1024
 """Searches whose counts are kept (least recently used go first)."""

@@ -81,8 +81,14 @@ class SqliteStore(Store):
         await self._writer.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         await self._migrate(self._writer)
         self._reader = await self._connect()
-        self._search_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search")
-        self._searcher = await self._on_search_thread(self._connect_searcher)
+        thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search")
+        try:
+            self._searcher = await asyncio.get_running_loop().run_in_executor(
+                thread, self._connect_searcher)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        self._search_thread = thread
         self._commits.start()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -124,15 +130,16 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         await self._commits.close()
-        if self._searcher is not None:
-            await self._on_search_thread(self._searcher.close)
+        searcher, self._searcher = self._searcher, None  # searches from now on: StoreError
+        if searcher is not None:
+            await self._on_search_thread(searcher.close)  # after the searches queued before
         if self._search_thread is not None:
-            self._search_thread.shutdown(wait=False)  # idle now: its last job was the close
+            self._search_thread.shutdown(wait=False)
             self._search_thread = None
         for db in (self._reader, self._writer):
             if db is not None:
                 await db.close()
-        self._searcher = self._reader = self._writer = None
+        self._reader = self._writer = None
 
     @property
     def _db(self) -> aiosqlite.Connection:
@@ -237,7 +244,8 @@ class SqliteStore(Store):
             return run_plan(plan, lambda statement: db.execute(
                 statement.sql, statement.params).fetchall())
         finally:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back on its own (disk full, I/O)
+                db.execute("ROLLBACK")
 
     # widgets ----------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -387,7 +388,7 @@ async def test_piesocket_frames_come_back_byte_for_byte(store: Store, store_url:
     stored = await store.read_range("demo", "frames", 0, 100)
     assert [piesocket_frame(record) for record in stored] == texts
     if not store_url.startswith("postgresql"):  # SQLite: the canonical ones are not kept twice
-        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
             kept = [row[0] for row in db.execute(
                 "SELECT text FROM records WHERE channel = 'frames' ORDER BY seq")]
         assert kept == [None, '"hello"', None, '{"a": 1}', None, None, None]

@@ -1,0 +1,41 @@
+"""What only the SQLite store does: its search thread's life around `close`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from app.errors import StoreError
+from app.query import validate_query
+from app.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_searches_racing_close_answer_or_say_the_store_is_closed(tmp_path: Path) -> None:
+    """Searches still coming while the store closes either finish or raise StoreError, never a
+    driver error about a closed connection; the store can be opened again afterwards."""
+    store = SqliteStore(str(tmp_path / "racing.sqlite3"))
+    await store.open()
+    query = validate_query({})
+    outcomes: list[str] = []
+
+    async def keep_searching() -> None:
+        while True:
+            try:
+                await store.search_records("demo", "racing", query)
+            except StoreError:
+                outcomes.append("closed")
+                return
+            outcomes.append("answered")
+
+    searchers = [asyncio.create_task(keep_searching()) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    await store.close()
+    await asyncio.wait_for(asyncio.gather(*searchers), 5)
+    assert outcomes.count("closed") == 5 and "answered" in outcomes
+    await store.open()
+    assert (await store.search_records("demo", "racing", query))["total"] == 0
+    await store.close()
