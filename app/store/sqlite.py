@@ -33,6 +33,10 @@ _INSERT = (
     "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# RANGE_COLUMNS, with the frame that a NULL `text` stands for (see _row): the data exactly as
+# stored, except for a JSON string, whose frame is the string itself (made from the data).
+_RANGE_COLUMNS = (RANGE_COLUMNS.removesuffix("text")
+                  + "COALESCE(text, CASE json_type(data) WHEN 'text' THEN NULL ELSE data END)")
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
 _COUNT = (
@@ -45,8 +49,8 @@ _WIDGET_COLUMNS = "id, name, html, css, js, updated"
 
 def _row(record: Record) -> tuple[Any, ...]:
     """A record as a row. A piesocket frame that is exactly what its data turns back into is not
-    stored twice: read back without it, the frame is made again from the data, byte for byte
-    (the data column keeps the JSON text as written, unlike PostgreSQL's jsonb)."""
+    stored twice: read back, the frame is the data column's text, byte for byte (it keeps the
+    JSON text as written, unlike PostgreSQL's jsonb)."""
     data = orjson.dumps(record.data).decode()
     text = None if record.text == text_of(record.data, data) else record.text
     return (record.app, record.channel, record.seq, record.id, record.client_id, record.created,
@@ -222,7 +226,7 @@ class SqliteStore(Store):
                          filters: list[dict[str, Any]] | None = None) -> list[Record]:
         where_sql, params = compile_where(app, channel, filters or [])
         async with self._read_db.execute(
-            f"SELECT {RANGE_COLUMNS} FROM records "
+            f"SELECT {_RANGE_COLUMNS} FROM records "
             f"WHERE {where_sql} AND seq > ? ORDER BY seq LIMIT ?",
             (*params, after_seq, limit),
         ) as cursor:

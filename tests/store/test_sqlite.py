@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from app.errors import StoreError
+from app.protocol import piesocket_frame
 from app.query import validate_query
 from app.store.sqlite import SqliteStore
 
@@ -39,3 +42,21 @@ async def test_searches_racing_close_answer_or_say_the_store_is_closed(tmp_path:
     await store.open()
     assert (await store.search_records("demo", "racing", query))["total"] == 0
     await store.close()
+
+
+async def test_a_frame_stored_as_its_data_reads_back_as_the_stored_bytes(tmp_path: Path) -> None:
+    """A NULL `text` stands for the data column's own text: read back, a piesocket frame is
+    those bytes, not a re-encoding of the parsed data (which another orjson might print
+    differently); a JSON string's frame is the string itself."""
+    path = tmp_path / "frames.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executemany(
+            "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, "
+            "text) VALUES ('demo', 'frames', ?, ?, 'c', 0, NULL, ?, NULL)",
+            [(1, "a", '{"a": 1.50}'), (2, "b", '"quoted"')])
+        db.commit()
+    stored = await store.read_range("demo", "frames", 0, 10)
+    await store.close()
+    assert [piesocket_frame(record) for record in stored] == ['{"a": 1.50}', "quoted"]
