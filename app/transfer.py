@@ -39,6 +39,9 @@ def csv_row(record: dict[str, Any]) -> list[Any]:
     return [*(record[c] for c in CSV_COLUMNS[:-1]), orjson.dumps(record["data"]).decode()]
 
 
+IMPORT_BATCH = 5_000  # records appended before the import waits for their commit
+
+
 class Progress:
     """`N records` rewritten in place on a terminal, a line per 100,000 otherwise."""
 
@@ -103,15 +106,23 @@ def _ndjson(lines: IO[str]) -> Iterator[dict[str, Any]]:
 
 
 async def import_channel(store: Store, app: str, channel: str, lines: IO[str]) -> int:
-    """Append NDJSON records to the channel; returns how many."""
+    """Append NDJSON records to the channel, IMPORT_BATCH per commit; returns how many."""
     progress = Progress("imported")
     seq = await store.last_seq(app, channel)
+    committing: asyncio.Future[None] | None = None
     for value in _ndjson(lines):
         seq += 1
-        await asyncio.shield(store.append_record(Record(
+        appended = store.append_record(Record(
             app=app, channel=channel, seq=seq, id=str(value["id"]),
             client_id=str(value.get("client_id") or "import"), created=int(value["created"]),
-            data=value["data"], username=value.get("username"), persistent=True)))
+            data=value["data"], username=value.get("username"), persistent=True))
+        if appended.done():  # refused at once: raises its NotStored
+            await appended
+        committing = appended  # nothing is awaited in between, so the chunk is one batch
         progress.step()
+        if progress.count % IMPORT_BATCH == 0:
+            await asyncio.shield(committing)
+    if committing is not None:
+        await asyncio.shield(committing)
     progress.done()
     return progress.count
