@@ -282,11 +282,10 @@ async def _publish(node: Node, member: Member, rid: str | None, **message: Any) 
                                   sender=member, **message)
         if not record.persistent:
             await node.dispatch(record)
+            _answer(member, rid, record, None)
+            return
     except BrokerError as error:
         _answer(member, rid, None, error)
-        return
-    if not record.persistent:
-        _answer(member, rid, record, None)
         return
     node.store_then_publish(record, partial(_answer_stored, member, rid, record))
     in_flight = member.in_flight

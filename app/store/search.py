@@ -36,31 +36,32 @@ Plan = Generator[Statement, list[Any], dict[str, Any]]
 statement of one plan must run in the same snapshot (one read transaction)."""
 
 
+def _step(plan: Plan, rows: list[Any] | None) -> tuple[Statement | None, dict[str, Any]]:
+    """Send a plan the last statement's rows (None to start it): its next statement, or None
+    and its answer."""
+    try:
+        return plan.send(rows), {}  # type: ignore[arg-type]  # None starts it
+    except StopIteration as done:
+        return None, done.value
+
+
 def run_plan(plan: Plan, fetch: Callable[[Statement], list[Any]]) -> dict[str, Any]:
     """Carry out a plan with a blocking `fetch` (SQLite, on its search thread)."""
     with contextlib.closing(plan):
-        rows: list[Any] | None = None
-        while True:
-            try:
-                statement = plan.send(rows)  # type: ignore[arg-type]  # None starts it
-            except StopIteration as done:
-                answer: dict[str, Any] = done.value
-                return answer
-            rows = fetch(statement)
+        statement, answer = _step(plan, None)
+        while statement is not None:
+            statement, answer = _step(plan, fetch(statement))
+        return answer
 
 
 async def run_plan_async(plan: Plan,
                          fetch: Callable[[Statement], Awaitable[list[Any]]]) -> dict[str, Any]:
     """Carry out a plan with an awaitable `fetch` (PostgreSQL)."""
     with contextlib.closing(plan):
-        rows: list[Any] | None = None
-        while True:
-            try:
-                statement = plan.send(rows)  # type: ignore[arg-type]  # None starts it
-            except StopIteration as done:
-                answer: dict[str, Any] = done.value
-                return answer
-            rows = await fetch(statement)
+        statement, answer = _step(plan, None)
+        while statement is not None:
+            statement, answer = _step(plan, await fetch(statement))
+        return answer
 
 MAX_ENTRIES = 1024
 """Searches whose counts are kept (least recently used go first)."""

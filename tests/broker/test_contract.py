@@ -92,6 +92,16 @@ def needs_redis(cluster: Cluster) -> None:
         pytest.skip("only the redis broker has an engine that can lose or roll back its state")
 
 
+async def one_ahead(cluster: Cluster, seqs: int) -> tuple[Peer, Peer, ChannelKey]:
+    """Two nodes and a new channel: the first has taken `seqs` seqs, the second only seeded it."""
+    ahead, behind = await cluster.node(), await cluster.node()
+    key = new_channel()
+    await behind.broker.raise_seq(key, 0)
+    for _ in range(seqs):
+        await ahead.broker.next_seq(key)
+    return ahead, behind, key
+
+
 def distinct(*peers: Peer) -> list[Peer]:
     """The peers, each once (memory's nodes are all one)."""
     return list({id(peer): peer for peer in peers}.values())
@@ -299,11 +309,7 @@ async def test_a_position_restored_from_stale_knowledge_starts_again_above(
     corrected by that node's next call: numbering starts again above what it saw, in another
     epoch that still took over from the lost one."""
     needs_nodes(cluster)
-    knows_more, knows_less = await cluster.node(), await cluster.node()
-    key = new_channel()
-    await knows_less.broker.raise_seq(key, 0)
-    for _ in range(10):
-        await knows_more.broker.next_seq(key)
+    knows_more, knows_less, key = await one_ahead(cluster, 10)
     lost = knows_more.broker.epoch(key)
 
     lose_position(cluster, key)
@@ -323,11 +329,7 @@ async def test_a_position_set_back_in_its_epoch_continues_above_every_seq_known(
     a node that saw more starts a new epoch above what it saw, taking over from the restored one;
     a node settling with the store's last seq starts above that; the others continue above."""
     needs_redis(cluster)
-    a, b = await cluster.node(), await cluster.node()
-    key = new_channel()
-    await b.broker.raise_seq(key, 0)
-    for _ in range(10):
-        await a.broker.next_seq(key)
+    a, b, key = await one_ahead(cluster, 10)
     restored = a.broker.epoch(key)
 
     set_position_back(cluster, key, 4)
