@@ -39,6 +39,10 @@ _RANGE_COLUMNS = (RANGE_COLUMNS.removesuffix("text")
                   + "COALESCE(text, CASE json_type(data) WHEN 'text' THEN NULL ELSE data END)")
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
+# The writer's page cache (SQLite's default is 2 MiB): a batch spread over many channels touches
+# a leaf page per channel in the table and in each index; with them cached, a row costs a
+# quarter less of the writer thread (bench/RESULTS.md, notes).
+WRITER_CACHE_KIB = 16 << 10
 _COUNT = (
     "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
     "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records"
@@ -83,6 +87,7 @@ class SqliteStore(Store):
         # channels writes a few hundred pages, most of them again in the next batches.
         await self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         await self._writer.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
+        await self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         await self._migrate(self._writer)
         self._reader = await self._connect()
         thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search")
