@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.member import Member, Outgoing
+from app.member import Flusher, Member, Outgoing
 from app.protocol import Dialect, RecordFrames
 from app.records import ChannelKey
 
@@ -18,6 +18,7 @@ class Hub:
 
     def __init__(self) -> None:
         self._channels: dict[ChannelKey, dict[int, Member]] = {}
+        self.flusher = Flusher()  # for the members' direct sockets
 
     def add_member(self, member: Member) -> bool:
         """Add a member; True when it is the channel's first on this node."""

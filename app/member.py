@@ -1,8 +1,10 @@
 """One connection in one channel: its identity, its bounded outgoing queue and its writer task.
 
-Fan-out only ever calls the synchronous `send_nowait`; the writer task is the one place that awaits
-the socket, so a slow member slows nobody else. A member whose queue would pass its byte limit is
-closed with 4008 and its queue dropped.
+Fan-out only ever calls the synchronous `send_nowait`, so a slow member slows nobody else. With
+a direct socket (app/wire.py) the flusher writes the queue without waiting, once per loop
+iteration; otherwise the writer task is the one place that awaits the ASGI `send`. A member
+whose queued bytes (queue and, with a direct socket, what the kernel has not taken) would pass
+its limit is closed with 4008 and its queue dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.errors import CloseCode
 from app.limits import Limits, TokenBucket
 from app.protocol import Dialect, Frame
 from app.records import ChannelKey
+from app.wire import OPCODE_BINARY, OPCODE_TEXT, DirectSocket, frame_bytes
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +31,51 @@ CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
 class Outgoing:
-    """A frame ready for the socket: the ASGI event is built once and shared by every member.
-    `seq` is the record's position when the frame carries a record, so recovery can de-duplicate."""
+    """A frame ready for the socket, shared by every member it goes to: its bytes on the wire
+    (app/wire.py) and, built on first use, the ASGI event for members without a direct socket.
+    `seq` is the record's position when the frame carries a record, so recovery can
+    de-duplicate."""
 
-    __slots__ = ("event", "seq", "size")
+    __slots__ = ("_event", "frame", "seq", "size", "wire")
 
     def __init__(self, frame: Frame, seq: int = 0) -> None:
+        self.frame = frame
         self.seq = seq
         if isinstance(frame, bytes):
-            self.event: dict[str, Any] = {"type": "websocket.send", "bytes": frame, "text": None}
+            self.wire = frame_bytes(frame, OPCODE_BINARY)
         else:
-            self.event = {"type": "websocket.send", "bytes": None, "text": frame}
-        self.size = len(frame)
+            self.wire = frame_bytes(frame.encode(), OPCODE_TEXT)
+        self.size = len(self.wire)
+        self._event: dict[str, Any] | None = None
+
+    @property
+    def event(self) -> dict[str, Any]:
+        if self._event is None:
+            frame = self.frame
+            self._event = ({"type": "websocket.send", "bytes": frame, "text": None}
+                           if isinstance(frame, bytes)
+                           else {"type": "websocket.send", "bytes": None, "text": frame})
+        return self._event
+
+
+class Flusher:
+    """Writes each member's queued frames to its direct socket once per loop iteration, in one
+    write: every frame fanned out meanwhile (several records, counts, replies) goes together."""
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: list[Member] = []
+
+    def add(self, member: Member) -> None:
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._due.append(member)
+
+    def _flush(self) -> None:
+        due, self._due = self._due, []
+        for member in due:
+            member.flush()
 
 
 class InFlight:
@@ -107,6 +143,11 @@ class Member:
     queued_bytes: int = 0
     resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
+    # Set once accepted when frames can go straight to the socket (app/wire.py); then queued
+    # frames are written by `flusher` and `queued_bytes` counts what the kernel has not taken.
+    socket: DirectSocket | None = field(default=None, repr=False)
+    flusher: Flusher | None = field(default=None, repr=False)
+    _flush_due: bool = field(default=False, repr=False)
     in_flight: InFlight = field(default_factory=InFlight, repr=False)
     _queue: deque[Outgoing] = field(default_factory=deque, repr=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -120,16 +161,45 @@ class Member:
         below `resumed_to` were already queued by a resume and are dropped."""
         if self.state is not MemberState.OPEN or 0 < item.seq <= self.resumed_to:
             return
-        if self.queued_bytes + item.size > self.limits.max_queue_bytes:
-            log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
-                     self.client_id, self.key, self.queued_bytes)
-            self._queue.clear()
-            self.queued_bytes = 0
-            self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
+        if (self.queued_bytes + item.size > self.limits.max_queue_bytes
+                and not self._room_after_recount(item.size)):
+            self._too_slow()
             return
         self._queue.append(item)
         self.queued_bytes += item.size
-        self._wakeup.set()
+        if self.socket is None:
+            self._wakeup.set()
+        elif not self._flush_due and self.flusher is not None:
+            self._flush_due = True
+            self.flusher.add(self)
+
+    def _room_after_recount(self, size: int) -> bool:
+        """With a direct socket, `queued_bytes` holds what the kernel had not taken at the last
+        flush; it may have taken it since."""
+        if self.socket is None:
+            return False
+        self.queued_bytes = self.socket.buffered() + sum(item.size for item in self._queue)
+        return self.queued_bytes + size <= self.limits.max_queue_bytes
+
+    def _too_slow(self) -> None:
+        log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
+                 self.client_id, self.key, self.queued_bytes)
+        self._queue.clear()
+        self.queued_bytes = 0
+        self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
+
+    def flush(self) -> None:
+        """Write everything queued to the direct socket in one go."""
+        self._flush_due = False
+        queue = self._queue
+        if not queue or self.socket is None or self.state is MemberState.CLOSED:
+            return
+        data = queue[0].wire if len(queue) == 1 else b"".join([item.wire for item in queue])
+        self.messages_out += len(queue)
+        queue.clear()
+        self.queued_bytes = self.socket.write(data)
+        if self.queued_bytes > self.limits.max_queue_bytes:
+            self._too_slow()
 
     def send_frame(self, frame: Frame) -> None:
         """Queue a frame meant for this member alone (replies, errors, counts)."""
@@ -165,9 +235,12 @@ class Member:
         self._wakeup.set()
 
     async def run_writer(self, send: ASGISend, close_socket: CloseSocket) -> None:
-        """Write queued frames in order until closed; then send the close frame."""
+        """Write queued frames in order until closed (a direct socket's are written by the
+        flusher, and here only at the start and before the close); then send the close frame."""
         queue = self._queue
         while True:
+            if self.socket is not None:
+                self.flush()
             while queue:
                 item = queue.popleft()
                 self.queued_bytes -= item.size

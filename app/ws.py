@@ -1,7 +1,7 @@
 """The WebSocket routes: handshake checks, then a read loop turning frames into node calls.
 
 Refusals are accepted at the WebSocket level, sent one fatal frame and closed with a 4xxx code,
-so a browser can read why. Outgoing frames go through the member's queue and writer only.
+so a browser can read why. Outgoing frames go only through the member's queue (app/member.py).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from app.protocol import (
 )
 from app.records import Record, new_client_id
 from app.schemas import CHANNEL_PATTERN, first_error, load_connect_params
+from app.wire import direct_socket
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("ws", __name__)
@@ -108,6 +109,7 @@ async def admit(node: Node, dialect: Dialect, channel: str) -> tuple[Member, dic
         remote=websocket.remote_addr,
         limits=limits,
         bucket=TokenBucket(limits.msg_rate, limits.msg_burst),
+        flusher=node.hub.flusher,
     )
     node.admit(member, limits)
     return member, params
@@ -146,6 +148,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
                                  params["epoch"])
         await websocket.accept()
         send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
+        member.socket = direct_socket(send)
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
         await read_loop(node, member)
         await writer

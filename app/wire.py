@@ -1,0 +1,77 @@
+"""The data plane: WebSocket frames encoded once and written straight to a connection's socket.
+
+Through ASGI, every frame to every member costs an `await send(event)` that Hypercorn turns into
+three event objects, a wsproto serialisation and a `send()` system call of its own. For the
+members of `/v3` and `/c8` the hub instead queues frames whose bytes on the wire are built once
+per record (a server's frames are not masked, so every member gets the same bytes), and each
+member's queue goes to its socket in one write per loop iteration (`Flusher`).
+
+Only the data frames take this path. The handshake, pings, pongs and the close stay with
+Hypercorn, on the same socket: each write is a whole frame, so the two never interleave inside a
+frame, and a member's close is sent after everything it was written. Frames go uncompressed even
+when the client negotiated permessage-deflate (browsers always offer it and Hypercorn always
+accepts): RFC 7692 lets a sender leave any message uncompressed (RSV1 clear), and compressing
+costs a compressor per member per frame, what a fan-out cannot afford (Node's `ws` and
+socket.io servers do not compress by default either). A connection on which the direct path
+cannot be used (a server other than Hypercorn's asyncio one, or HTTP/2) keeps the ASGI `send`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.ws_stream import WSStream
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+_FIN = 0x80
+
+
+def frame_bytes(payload: bytes, opcode: int) -> bytes:
+    """One unfragmented, unmasked WebSocket frame (RFC 6455, section 5.2)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((_FIN | opcode, length)) + payload
+    if length < 1 << 16:
+        return struct.pack("!BBH", _FIN | opcode, 126, length) + payload
+    return struct.pack("!BBQ", _FIN | opcode, 127, length) + payload
+
+
+class DirectSocket:
+    """A WebSocket connection's transport, for whole frames built by `frame_bytes`."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> int:
+        """Write `data` (nothing once the connection is closing); returns the bytes the kernel
+        has not taken yet, which the member's queue limit counts."""
+        transport = self._transport
+        if transport.is_closing():
+            return 0
+        transport.write(data)
+        return transport.get_write_buffer_size()
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+
+def direct_socket(send: Callable[[Any], Awaitable[None]]) -> DirectSocket | None:
+    """The socket behind an accepted WebSocket's ASGI `send`, when frames may be written to it
+    directly: Hypercorn's asyncio server speaking HTTP/1.1. None otherwise (the caller keeps
+    `send`). This reads Hypercorn's objects, not an ASGI interface; tests/test_wire.py checks
+    that it finds the socket with the Hypercorn version installed."""
+    stream = getattr(send, "__self__", None)
+    protocol = getattr(getattr(stream, "send", None), "__self__", None)
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    if not (isinstance(stream, WSStream) and isinstance(protocol, H11Protocol)
+            and isinstance(server, TCPServer)):
+        return None
+    return DirectSocket(server.writer.transport)

@@ -1,0 +1,75 @@
+"""The data plane (app/wire.py): frames built once and written straight to members' sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import orjson
+import pytest
+from wsproto.frame_protocol import FrameProtocol
+
+from app.wire import OPCODE_BINARY, OPCODE_TEXT, direct_socket, frame_bytes
+from tests.live import UNIT, Server, connect
+
+LENGTHS = [0, 1, 125, 126, 65_535, 65_536, 70_000]  # each side of the 7-, 16- and 64-bit lengths
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_frames_are_what_wsproto_would_send(length: int) -> None:
+    text = "é" * (length // 2) + "a" * (length % 2)
+    binary = os.urandom(length)
+    server = FrameProtocol(client=False, extensions=[])
+    assert frame_bytes(text.encode(), OPCODE_TEXT) == server.send_data(text, fin=True)
+    assert frame_bytes(binary, OPCODE_BINARY) == server.send_data(binary, fin=True)
+
+
+def test_no_direct_socket_behind_another_send() -> None:
+    async def send(event: object) -> None:
+        del event
+
+    assert direct_socket(send) is None
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(first header byte, payload) of one unmasked server frame."""
+    head = await reader.readexactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return head[0], await reader.readexactly(length)
+
+
+@pytest.mark.asyncio
+async def test_frames_go_uncompressed_to_a_client_that_negotiated_deflate(server: Server) -> None:
+    """Hypercorn accepts permessage-deflate and would compress what goes through ASGI (RSV1
+    set); frames written directly are plain (RSV1 clear), which RFC 7692 allows. So a plain
+    welcome and a plain relayed record show the direct path in use, and that they read right."""
+    path = "/c8/wire-direct?api_key=demo"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n".encode())
+    async with asyncio.timeout(5 * UNIT):
+        response = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+        assert response.startswith("http/1.1 101")
+        assert "sec-websocket-extensions: permessage-deflate" in response
+        first, payload = await _read_frame(reader)
+        assert first == 0x81  # FIN, RSV1 clear, text
+        assert "welcome" in orjson.loads(payload)
+        publisher = await connect(server.ws(path))
+        await publisher.send(orjson.dumps({"publish": {"data": {"vote": "x" * 300}}}).decode())
+        while True:
+            first, payload = await _read_frame(reader)
+            assert first == 0x81
+            frame = orjson.loads(payload)
+            if "message" in frame:
+                break
+        assert frame["message"]["data"] == {"vote": "x" * 300}
+        await publisher.close()
+    writer.close()
