@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from app.errors import StoreError
 from app.protocol import piesocket_frame
 from app.query import validate_query
-from app.store.sqlite import SqliteStore
+from app.store.sqlite import SEARCH_NICENESS, SqliteStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,3 +61,23 @@ async def test_a_frame_stored_as_its_data_reads_back_as_the_stored_bytes(tmp_pat
     stored = await store.read_range("demo", "frames", 0, 10)
     await store.close()
     assert [piesocket_frame(record) for record in stored] == ['{"a": 1.50}', "quoted"]
+
+
+async def test_searches_run_on_a_thread_that_yields_to_live_traffic(tmp_path: Path) -> None:
+    """One thread of the process, the search thread, runs at a nice value SEARCH_NICENESS above
+    the process's, so the event loop's thread gets the core first; the others keep the
+    process's (Python does not name threads for the kernel: they are told apart by nice)."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    store = SqliteStore(str(tmp_path / "nice.sqlite3"))
+    await store.open()
+    try:
+        await store.search_records("demo", "nice", validate_query({}))
+        nice: dict[int, int] = {}
+        for task in Path("/proc/self/task").iterdir():
+            stat = (task / "stat").read_text()
+            nice[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])  # field 19
+    finally:
+        await store.close()
+    assert sorted(nice.values()).count(base + SEARCH_NICENESS) == 1
+    assert nice[os.getpid()] == base  # the event loop's thread
+    assert len(nice) >= 3 and list(nice.values()).count(base) == len(nice) - 1
