@@ -2,9 +2,9 @@
 
 Fan-out only ever calls the synchronous `send_nowait`, so a slow member slows nobody else. With
 a direct socket (app/wire.py) the flusher writes the queue without waiting, once per loop
-iteration; otherwise the writer task is the one place that awaits the ASGI `send`. A member
-whose queued bytes (queue and, with a direct socket, what the kernel has not taken) would pass
-its limit is closed with 4008 and its queue dropped.
+iteration, and the writer task writes only what waited for the socket to drain; otherwise the
+writer task is the one place that awaits the ASGI `send`. A member whose queue would pass its
+byte limit is closed with 4008 and its queue dropped.
 """
 
 from __future__ import annotations
@@ -90,7 +90,11 @@ class Flusher:
         loop = asyncio.get_running_loop()
         began = loop.time()
         for member in due:
-            member.flush()
+            try:
+                member.flush()
+            except Exception:  # one member's failure must not leave the others unflushed
+                log.exception("writing to member %s of %s failed", member.client_id, member.key)
+                member.close(CloseCode.INTERNAL, "internal error")
         took = loop.time() - began
         self._not_before = began + took + min(took, MAX_FLUSH_DELAY) if took > SLOW_FLUSH else 0.0
 
@@ -161,7 +165,7 @@ class Member:
     resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
     # Set once accepted when frames can go straight to the socket (app/wire.py); then queued
-    # frames are written by `flusher` and `queued_bytes` counts what the kernel has not taken.
+    # frames are written by `flusher`.
     socket: DirectSocket | None = field(default=None, repr=False)
     flusher: Flusher | None = field(default=None, repr=False)
     _flush_due: bool = field(default=False, repr=False)
@@ -178,45 +182,52 @@ class Member:
         below `resumed_to` were already queued by a resume and are dropped."""
         if self.state is not MemberState.OPEN or 0 < item.seq <= self.resumed_to:
             return
-        if (self.queued_bytes + item.size > self.limits.max_queue_bytes
-                and not self._room_after_recount(item.size)):
-            self._too_slow()
+        if self.queued_bytes + item.size > self.limits.max_queue_bytes:
+            log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
+                     self.client_id, self.key, self.queued_bytes)
+            self._queue.clear()
+            self.queued_bytes = 0
+            self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
             return
         self._queue.append(item)
         self.queued_bytes += item.size
-        if self.socket is None:
+        if self.socket is None or self.flusher is None:
             self._wakeup.set()
-        elif not self._flush_due and self.flusher is not None:
+        elif not self._flush_due:
             self._flush_due = True
             self.flusher.add(self)
 
-    def _room_after_recount(self, size: int) -> bool:
-        """With a direct socket, `queued_bytes` holds what the kernel had not taken at the last
-        flush; it may have taken it since."""
-        if self.socket is None:
-            return False
-        self.queued_bytes = self.socket.buffered() + sum(item.size for item in self._queue)
-        return self.queued_bytes + size <= self.limits.max_queue_bytes
-
-    def _too_slow(self) -> None:
-        log.info("member %s of %s too slow: %d bytes queued, closing with 4008",
-                 self.client_id, self.key, self.queued_bytes)
-        self._queue.clear()
-        self.queued_bytes = 0
-        self.close(CloseCode.TOO_SLOW, "too slow: outgoing queue overflowed")
-
     def flush(self) -> None:
-        """Write everything queued to the direct socket in one go."""
+        """Write queued frames to the direct socket in one go, as many as its transport takes
+        before its high-water mark; if some are left, the writer task waits for the socket to
+        drain and writes them. Once the WebSocket is closing nothing more is written."""
         self._flush_due = False
-        queue = self._queue
-        if not queue or self.socket is None or self.state is MemberState.CLOSED:
+        queue, socket = self._queue, self.socket
+        if not queue or socket is None or self.state is MemberState.CLOSED:
             return
-        data = queue[0].wire if len(queue) == 1 else b"".join([item.wire for item in queue])
-        self.messages_out += len(queue)
-        queue.clear()
-        self.queued_bytes = self.socket.write(data)
-        if self.queued_bytes > self.limits.max_queue_bytes:
-            self._too_slow()
+        if not socket.open:
+            queue.clear()
+            self.queued_bytes = 0
+            return
+        room = socket.room()
+        if self.queued_bytes <= room:
+            data = queue[0].wire if len(queue) == 1 else b"".join([item.wire for item in queue])
+            self.messages_out += len(queue)
+            queue.clear()
+            self.queued_bytes = 0
+        else:
+            taken: list[bytes] = []
+            size = 0
+            while queue and size < room:
+                item = queue.popleft()
+                taken.append(item.wire)
+                size += item.size
+            self.messages_out += len(taken)
+            self.queued_bytes -= size
+            data = b"".join(taken)
+            self._wakeup.set()
+        if data:
+            socket.write(data)
 
     def send_frame(self, frame: Frame) -> None:
         """Queue a frame meant for this member alone (replies, errors, counts)."""
@@ -252,12 +263,16 @@ class Member:
         self._wakeup.set()
 
     async def run_writer(self, send: ASGISend, close_socket: CloseSocket) -> None:
-        """Write queued frames in order until closed (a direct socket's are written by the
-        flusher, and here only at the start and before the close); then send the close frame."""
+        """Write queued frames in order until closed; then send the close frame. With a direct
+        socket the flusher writes them, and this task only writes what is queued at the start,
+        what waited for the socket to drain, and the close."""
         queue = self._queue
         while True:
             if self.socket is not None:
                 self.flush()
+                if queue:  # the transport is at its high-water mark
+                    await self.socket.drained()
+                    continue
             while queue:
                 item = queue.popleft()
                 self.queued_bytes -= item.size

@@ -19,6 +19,7 @@ cannot be used (a server other than Hypercorn's asyncio one, or HTTP/2) keeps th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,10 +27,13 @@ from typing import Any
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import WSStream
+from wsproto.connection import ConnectionState
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
 _FIN = 0x80
+DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's, for a transport that reports none
+DRAIN_POLL = 0.005  # seconds
 
 
 def frame_bytes(payload: bytes, opcode: int) -> bytes:
@@ -43,24 +47,41 @@ def frame_bytes(payload: bytes, opcode: int) -> bytes:
 
 
 class DirectSocket:
-    """A WebSocket connection's transport, for whole frames built by `frame_bytes`."""
+    """A WebSocket connection's socket, for whole frames built by `frame_bytes`, beside
+    Hypercorn's own writes to it. The transport is given at most up to its high-water mark;
+    what does not fit waits in the member's queue (where the member's byte limit counts it),
+    so a reader that stops costs at most that mark here."""
 
-    __slots__ = ("_transport",)
+    __slots__ = ("_high_water", "_stream", "_writer")
 
-    def __init__(self, transport: asyncio.WriteTransport) -> None:
-        self._transport = transport
+    def __init__(self, stream: WSStream, writer: asyncio.StreamWriter) -> None:
+        self._stream = stream
+        self._writer = writer
+        self._high_water = writer.transport.get_write_buffer_limits()[1] or DEFAULT_HIGH_WATER
 
-    def write(self, data: bytes) -> int:
-        """Write `data` (nothing once the connection is closing); returns the bytes the kernel
-        has not taken yet, which the member's queue limit counts."""
-        transport = self._transport
-        if transport.is_closing():
-            return 0
-        transport.write(data)
-        return transport.get_write_buffer_size()
+    @property
+    def open(self) -> bool:
+        """False once the WebSocket is closing on either side. Hypercorn may have sent or
+        answered a close (a message over its size limit, the peer's close) before the app hears
+        of it, and nothing may follow a close frame (RFC 6455, section 5.5.1)."""
+        return (not self._stream.closed
+                and self._stream.connection.state is ConnectionState.OPEN
+                and not self._writer.transport.is_closing())
 
-    def buffered(self) -> int:
-        return self._transport.get_write_buffer_size()
+    def room(self) -> int:
+        """Bytes the transport takes before its high-water mark (at most 0: wait for
+        `drained`)."""
+        return self._high_water - self._writer.transport.get_write_buffer_size()
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def drained(self) -> None:
+        """Wait until the transport has room again, or the connection is lost."""
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+        if self.room() <= 0:  # at the mark exactly the transport is not paused: let it write
+            await asyncio.sleep(DRAIN_POLL)
 
 
 def direct_socket(send: Callable[[Any], Awaitable[None]]) -> DirectSocket | None:
@@ -74,4 +95,4 @@ def direct_socket(send: Callable[[Any], Awaitable[None]]) -> DirectSocket | None
     if not (isinstance(stream, WSStream) and isinstance(protocol, H11Protocol)
             and isinstance(server, TCPServer)):
         return None
-    return DirectSocket(server.writer.transport)
+    return DirectSocket(stream, server.writer)

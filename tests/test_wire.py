@@ -73,3 +73,46 @@ async def test_frames_go_uncompressed_to_a_client_that_negotiated_deflate(server
         assert frame["message"]["data"] == {"vote": "x" * 300}
         await publisher.close()
     writer.close()
+
+
+async def _handshake(port: int, path: str, extensions: str = "") -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extensions}\r\n".encode())
+    response = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    assert response.startswith("http/1.1 101"), response
+    return reader, writer
+
+
+@pytest.mark.asyncio
+async def test_nothing_follows_the_close_hypercorn_sends_on_its_own(server: Server) -> None:
+    """A message over Hypercorn's size limit makes it close (1009) without the app hearing of
+    it at once; records published next must not follow that close frame (RFC 6455, 5.5.1)."""
+    path = "/v3/wire-closed?api_key=demo"
+    async with asyncio.timeout(10 * UNIT):
+        reader, writer = await _handshake(server.port, path)
+        publisher = await connect(server.ws(path))
+        await publisher.send("cmd_status")
+        await publisher.recv()  # both members are in the channel
+        oversized = 2 << 20  # over max(4 x max_frame_bytes, 1 MiB), masked with a zero key
+        writer.write(bytes((0x82, 0x80 | 127)) + oversized.to_bytes(8, "big") + bytes(4)
+                     + bytes(oversized))
+        await writer.drain()
+        first, payload = await _read_frame(reader)
+        assert first & 0x0F == 0x8 and int.from_bytes(payload[:2], "big") == 1009
+        for number in range(3):
+            await publisher.send(f"after the close {number}")
+        await publisher.send("cmd_status")
+        await publisher.recv()  # answered after the three were fanned out
+    try:
+        async with asyncio.timeout(1 * UNIT):
+            extra = await reader.read(1 << 16)
+    except TimeoutError:
+        extra = b""
+    assert extra == b""
+    await publisher.close()
+    writer.close()

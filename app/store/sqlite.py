@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +56,15 @@ _WIDGET_COLUMNS = "id, name, html, css, js, updated"
 
 
 def _yield_to_live_traffic() -> None:
-    """Lower the search thread's scheduling priority (Linux: a thread is a task with a nice
-    value of its own): while the event loop has frames to deliver, the kernel runs it first, and
+    """Lower the search thread's scheduling priority. On Linux a thread is a task with a nice
+    value of its own: while the event loop has frames to deliver, the kernel runs it first, and
     searches use the time it leaves. Searches release the GIL inside SQLite, so without this a
-    search takes its share of the core from live traffic (bench/RESULTS.md, search under load)."""
-    with contextlib.suppress(OSError, AttributeError):  # elsewhere the thread keeps its nice
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                       os.getpriority(os.PRIO_PROCESS, 0) + SEARCH_NICENESS)
+    search takes its share of the core from live traffic (bench/RESULTS.md, search under load).
+    Elsewhere the thread keeps the process's priority."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, ValueError, OverflowError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           os.getpriority(os.PRIO_PROCESS, 0) + SEARCH_NICENESS)
 
 
 def _row(record: Record) -> tuple[Any, ...]:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,16 @@ async def test_a_frame_stored_as_its_data_reads_back_as_the_stored_bytes(tmp_pat
     assert [piesocket_frame(record) for record in stored] == ['{"a": 1.50}', "quoted"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 async def test_searches_run_on_a_thread_that_yields_to_live_traffic(tmp_path: Path) -> None:
-    """One thread of the process, the search thread, runs at a nice value SEARCH_NICENESS above
-    the process's, so the event loop's thread gets the core first; the others keep the
-    process's (Python does not name threads for the kernel: they are told apart by nice)."""
+    """The search thread runs at a nice value SEARCH_NICENESS above the process's (at most 19),
+    so the event loop's thread gets the core first; the loop's thread keeps the process's.
+    Python does not name threads for the kernel, so the search thread is the one at that nice
+    value (earlier tests' search threads may still be there, at the same value)."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    lowered = min(base + SEARCH_NICENESS, 19)
+    if lowered == base:
+        pytest.skip("the tests run at the lowest priority already")
     store = SqliteStore(str(tmp_path / "nice.sqlite3"))
     await store.open()
     try:
@@ -78,6 +84,6 @@ async def test_searches_run_on_a_thread_that_yields_to_live_traffic(tmp_path: Pa
             nice[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])  # field 19
     finally:
         await store.close()
-    assert sorted(nice.values()).count(base + SEARCH_NICENESS) == 1
+    assert lowered in nice.values()
     assert nice[os.getpid()] == base  # the event loop's thread
-    assert len(nice) >= 3 and list(nice.values()).count(base) == len(nice) - 1
+    assert set(nice.values()) == {base, lowered}
