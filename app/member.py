@@ -137,7 +137,7 @@ class MemberState(Enum):
     CLOSED = "closed"  # the close frame is sent or the peer has gone
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     """A connection's identity and flags, as shown by the connections view."""
 
