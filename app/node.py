@@ -411,18 +411,19 @@ class Node:
 
     async def _publish_stored(self, batch: Batch, earlier: asyncio.Future[None] | None,
                               error: BaseException | None) -> None:
-        """Hand a committed batch to the broker once the batch before it is there; answer each
-        sender (every one with `error` when the commit failed)."""
+        """Hand a committed batch to the broker (in one go) once the batch before it is there;
+        answer each sender: every one with `error` when the commit failed, or with the broker's
+        error when publishing the batch failed."""
         try:
             if earlier is not None and not earlier.done():
                 await asyncio.wait([earlier])
-            for record, answer in batch.waiting:
-                failure = error
-                if failure is None:
-                    try:
-                        await self.broker.publish(record)
-                    except Exception as raised:  # the answer tells its sender; the rest go on
-                        failure = raised
+            failure = error
+            if failure is None:
+                try:
+                    await self.broker.publish_all([record for record, _ in batch.waiting])
+                except Exception as raised:  # the answers tell the senders
+                    failure = raised
+            for _, answer in batch.waiting:
                 _tell(answer, failure)
         finally:
             for record, _ in batch.waiting:

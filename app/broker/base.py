@@ -9,7 +9,7 @@ import asyncio
 import enum
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,11 @@ class Broker(ABC):
     async def publish(self, record: Record) -> None:
         """Deliver `record` to the handler of every node subscribed to its channel (in `seq`
         order, see the class docstring); returns once the engine has accepted it."""
+
+    @abstractmethod
+    async def publish_all(self, records: Sequence[Record]) -> None:
+        """`publish` each of `records` (a committed batch), in order, in as few round trips to
+        the engine as it allows. When it raises, any of them may have been delivered or not."""
 
     @abstractmethod
     async def subscribe(self, key: ChannelKey) -> None:

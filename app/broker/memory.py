@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.broker.base import (
@@ -77,6 +78,14 @@ class MemoryBroker(Broker):
 
     async def publish(self, record: Record) -> None:
         self._state.require(BrokerState.STARTED, "publish")
+        self._push(record)
+
+    async def publish_all(self, records: Sequence[Record]) -> None:
+        self._state.require(BrokerState.STARTED, "publish")
+        for record in records:
+            self._push(record)
+
+    def _push(self, record: Record) -> None:
         order = self._orders.get(record.key)
         if order is not None:
             order.push(record)

@@ -124,6 +124,24 @@ async def test_publish_reaches_subscribed_nodes_only(cluster: Cluster) -> None:
         assert not await until(lambda: bool(b.records), 0.3)
 
 
+async def test_a_batch_published_together_arrives_whole_and_in_order(cluster: Cluster) -> None:
+    """`publish_all` (a committed batch, over two channels) reaches the subscribed nodes as
+    `publish` would, each channel's records in seq order."""
+    a, b = await cluster.node(), await cluster.node()
+    key, other = new_channel(), new_channel()
+    for peer in distinct(a, b):
+        await peer.broker.subscribe(key)
+        await peer.broker.subscribe(other)
+    batch = [make_record(channel, await b.broker.next_seq(channel))
+             for _ in range(20) for channel in (key, other)]
+    await b.broker.publish_all(batch)
+    for peer in distinct(a, b):
+        assert await until(lambda peer=peer: len(peer.records) >= 40)
+        assert [r for r in peer.records if r.key == key] == [r for r in batch if r.key == key]
+        assert [r for r in peer.records if r.key == other] == [
+            r for r in batch if r.key == other]
+
+
 async def test_unsubscribe_stops_delivery(broker: Peer) -> None:
     """Records published between unsubscribe and a new subscribe never reach the node."""
     key = new_channel()
