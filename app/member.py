@@ -205,11 +205,11 @@ class Member:
         queue, socket = self._queue, self.socket
         if not queue or socket is None or self.state is MemberState.CLOSED:
             return
-        if not socket.open:
+        room = socket.room()
+        if room is None:
             queue.clear()
             self.queued_bytes = 0
             return
-        room = socket.room()
         if self.queued_bytes <= room:
             data = queue[0].wire if len(queue) == 1 else b"".join([item.wire for item in queue])
             self.messages_out += len(queue)

@@ -56,29 +56,27 @@ class DirectSocket:
     not fit waits in the member's queue (where the member's byte limit counts it), so a reader
     that stops costs at most that much here beyond its queue."""
 
-    __slots__ = ("_high_water", "_stream", "_writer")
+    __slots__ = ("_high_water", "_stream", "_transport", "_writer")
 
     def __init__(self, stream: WSStream, writer: asyncio.StreamWriter) -> None:
         self._stream = stream
         self._writer = writer
-        self._high_water = max(TRANSPORT_BYTES, writer.transport.get_write_buffer_limits()[1])
+        self._transport = writer.transport
+        self._high_water = max(TRANSPORT_BYTES, self._transport.get_write_buffer_limits()[1])
 
-    @property
-    def open(self) -> bool:
-        """False once the WebSocket is closing on either side. Hypercorn may have sent or
-        answered a close (a message over its size limit, the peer's close) before the app hears
-        of it, and nothing may follow a close frame (RFC 6455, section 5.5.1)."""
-        return (not self._stream.closed
-                and self._stream.connection.state is ConnectionState.OPEN
-                and not self._writer.transport.is_closing())
-
-    def room(self) -> int:
+    def room(self) -> int | None:
         """Bytes the transport takes before it holds TRANSPORT_BYTES (at most 0: wait for
-        `drained`)."""
-        return self._high_water - self._writer.transport.get_write_buffer_size()
+        `drained`). None once the WebSocket is closing on either side: Hypercorn may have sent
+        or answered a close (a message over its size limit, the peer's close) before the app
+        hears of it, and nothing may follow a close frame (RFC 6455, section 5.5.1)."""
+        stream, transport = self._stream, self._transport
+        if (stream.closed or stream.connection.state is not ConnectionState.OPEN
+                or transport.is_closing()):
+            return None
+        return self._high_water - transport.get_write_buffer_size()
 
     def write(self, data: bytes) -> None:
-        self._writer.write(data)
+        self._transport.write(data)
 
     async def drained(self) -> None:
         """Wait until the transport has room again, or the connection is lost. Past
@@ -86,7 +84,8 @@ class DirectSocket:
         write down to its low-water mark."""
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
-        if self.room() <= 0:  # a transport whose own marks are higher (set by someone else)
+        room = self.room()
+        if room is not None and room <= 0:  # a transport whose own marks are set higher
             await asyncio.sleep(DRAIN_POLL)
 
 

@@ -43,21 +43,30 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return head[0], await reader.readexactly(length)
 
 
+async def _handshake(port: int, path: str, extensions: str = "") -> tuple[
+        asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """A raw client's opening handshake (with `extensions` header lines); the response is
+    returned lower-cased."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extensions}\r\n".encode())
+    response = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    assert response.startswith("http/1.1 101"), response
+    return reader, writer, response
+
+
 @pytest.mark.asyncio
 async def test_frames_go_uncompressed_to_a_client_that_negotiated_deflate(server: Server) -> None:
     """Hypercorn accepts permessage-deflate and would compress what goes through ASGI (RSV1
     set); frames written directly are plain (RSV1 clear), which RFC 7692 allows. So a plain
     welcome and a plain relayed record show the direct path in use, and that they read right."""
     path = "/c8/wire-direct?api_key=demo"
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n".encode())
     async with asyncio.timeout(5 * UNIT):
-        response = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
-        assert response.startswith("http/1.1 101")
+        reader, writer, response = await _handshake(
+            server.port, path, "Sec-WebSocket-Extensions: permessage-deflate\r\n")
         assert "sec-websocket-extensions: permessage-deflate" in response
         first, payload = await _read_frame(reader)
         assert first == 0x81  # FIN, RSV1 clear, text
@@ -75,26 +84,13 @@ async def test_frames_go_uncompressed_to_a_client_that_negotiated_deflate(server
     writer.close()
 
 
-async def _handshake(port: int, path: str, extensions: str = "") -> tuple[
-        asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"{extensions}\r\n".encode())
-    response = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
-    assert response.startswith("http/1.1 101"), response
-    return reader, writer
-
-
 @pytest.mark.asyncio
 async def test_nothing_follows_the_close_hypercorn_sends_on_its_own(server: Server) -> None:
     """A message over Hypercorn's size limit makes it close (1009) without the app hearing of
     it at once; records published next must not follow that close frame (RFC 6455, 5.5.1)."""
     path = "/v3/wire-closed?api_key=demo"
     async with asyncio.timeout(10 * UNIT):
-        reader, writer = await _handshake(server.port, path)
+        reader, writer, _ = await _handshake(server.port, path)
         publisher = await connect(server.ws(path))
         await publisher.send("cmd_status")
         await publisher.recv()  # both members are in the channel
