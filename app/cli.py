@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -23,6 +24,9 @@ from app.node import Node
 from app.schemas import CHANNEL_PATTERN
 from app.store import create_store
 from app.transfer import export_channel, import_channel
+
+# Middle-generation collections between two full ones (CPython's default is 10).
+FULL_COLLECTION_THRESHOLD = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +114,7 @@ def serve(args: argparse.Namespace) -> None:
         serve_workers(config, settings.workers, overrides)
         return
     app = create_app(overrides)
+    settle_heap()
     node: Node = app.extensions["c8ws.node"]
 
     async def shutdown_trigger() -> None:
@@ -123,6 +128,28 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
 
 
+def settle_heap() -> None:
+    """Keep the garbage collector's full passes rare and short in a long-running server. What
+    start-up built (modules, the app, its routes) is most of the heap and lives as long as the
+    process: frozen, no full pass walks it again. Records waiting for their commit outlive the
+    young passes and bring a full pass on several times a second with the default threshold,
+    each ~50-80 ms of the event loop; reference counting frees nearly everything else, so the
+    rarer full passes leave little behind (bench/RESULTS.md, notes)."""
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
+
+
+def worker_app() -> Any:
+    """The app of one of several worker processes (`serve --workers N`), its heap settled."""
+    from app import create_app
+
+    app = create_app()
+    settle_heap()
+    return app
+
+
 def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
     """Several processes on one socket: each builds the app from the environment (the flags are
     passed on as C8WS_* variables) and they meet through the redis broker."""
@@ -131,7 +158,7 @@ def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
     for name, value in overrides.items():
         if value is not None:
             os.environ[env_name(name)] = str(value)
-    config.application_path = "app:create_app()"
+    config.application_path = "app.cli:worker_app()"
     config.workers = workers
     sys.exit(run(config))
 

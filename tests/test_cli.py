@@ -57,3 +57,17 @@ def test_keys_create_and_list(tmp_path: Path) -> None:
     )
     assert again.returncode == 2
     assert "exists already" in again.stderr
+
+
+def test_serving_process_settles_its_heap() -> None:
+    """What start-up built is frozen out of the collector's full passes, which come rarely: the
+    app a worker process serves has its start-up objects frozen and the full-pass threshold
+    raised."""
+    probe = ("import gc; from app.cli import FULL_COLLECTION_THRESHOLD, worker_app; "
+             "worker_app(); print(gc.get_freeze_count(), gc.get_threshold()[2], "
+             "FULL_COLLECTION_THRESHOLD)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    frozen, full_threshold, wanted = map(int, done.stdout.split())
+    assert frozen > 10_000  # the modules, the app and its routes
+    assert full_threshold == wanted > 10
