@@ -36,6 +36,9 @@ SEARCH_TIMEOUT = 900.0
 PEERS = ("c8ws", "floor", "ws", "socket.io")  # the fan-out table's servers
 BROKERS = ("c8ws-redis", "c8ws-redis-2w")  # c8ws on the redis broker, beside c8ws on memory
 STORES = ("c8ws", "c8ws-postgres")  # c8ws on SQLite and on PostgreSQL
+# Each persistent shape runs plain, persistent, persistent, plain: a machine that speeds up or
+# slows down steadily over the four runs weighs the same on both means (tables.persist_ratio).
+PERSIST_TURNS = (False, True, True, False)
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         if largest > args.persist_subscribers:  # persistent at the fan-out rate
             shapes.append((1, largest, args.window))
         for channels, subscribers, window in shapes:
-            for persistent in (False, True):
-                prefix = f"persist-{channels}x{subscribers}-{'on' if persistent else 'off'}"
+            for turn, persistent in enumerate(PERSIST_TURNS, 1):
+                prefix = f"persist-{channels}x{subscribers}-{'on' if persistent else 'off'}-{turn}"
                 runs.append(Scenario(
                     f"{channels}x{subscribers}",
                     {"mode": "fanout", "channels": channels, "subscribers": subscribers,
