@@ -135,7 +135,7 @@ def settle_heap() -> None:
     young passes and, with CPython's thresholds, bring a full pass on several times a second
     (~50-80 ms of the event loop each); reference counting frees nearly everything else, so
     rarer full passes leave little behind. The young threshold stays: raised to 10,000, it
-    cost fan-out ~8 % (bench/RESULTS.md, notes)."""
+    cost fan-out 3-8 % (bench/RESULTS.md, notes)."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
