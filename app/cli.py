@@ -86,8 +86,6 @@ def serve(args: argparse.Namespace) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
-    from app import create_app
-
     overrides = _overrides(args, ("host", "port", "data_dir", "certfile", "keyfile", "workers"))
     settings = load_settings(overrides=overrides)
     try:
@@ -113,8 +111,7 @@ def serve(args: argparse.Namespace) -> None:
     if settings.workers > 1:
         serve_workers(config, settings.workers, overrides)
         return
-    app = create_app(overrides)
-    settle_heap()
+    app = serving_app(overrides)
     node: Node = app.extensions["c8ws.node"]
 
     async def shutdown_trigger() -> None:
@@ -142,11 +139,12 @@ def settle_heap() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_THRESHOLD)
 
 
-def worker_app() -> Any:
-    """The app of one of several worker processes (`serve --workers N`), its heap settled."""
+def serving_app(overrides: dict[str, Any] | None = None) -> Any:
+    """The app a serving process runs, its heap settled: `serve`'s, and each worker's of
+    `serve --workers N` (which build it from the environment)."""
     from app import create_app
 
-    app = create_app()
+    app = create_app(overrides)
     settle_heap()
     return app
 
@@ -159,7 +157,7 @@ def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
     for name, value in overrides.items():
         if value is not None:
             os.environ[env_name(name)] = str(value)
-    config.application_path = "app.cli:worker_app()"
+    config.application_path = "app.cli:serving_app()"
     config.workers = workers
     sys.exit(run(config))
 
