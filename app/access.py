@@ -1,6 +1,7 @@
 """Who is asking: the app named by an api key (public), or proven by its secret — in the
 `X-Api-Secret` header for scripts, or a signed session cookie for people, with a CSRF token on
-every state-changing request made with the cookie."""
+every state-changing request made with the cookie. A session holds for as long as the app's
+secret is the one it signed in with."""
 
 from __future__ import annotations
 
@@ -67,16 +68,34 @@ async def app_from_secret() -> App:
         if app is None:
             raise HTTPError(401, ErrorCode.UNAUTHORIZED, "wrong secret")
         return app
-    app_name = session.get("app")
-    if app_name is None:
+    app = await signed_in_app()
+    if app is None:
         raise HTTPError(401, ErrorCode.UNAUTHORIZED, "sign in, or send the X-Api-Secret header")
     if request.method not in SAFE_METHODS:
         sent = request.headers.get("X-CSRF-Token") or (await request.form).get("csrf_token")
         if not csrf_ok(sent):
             raise HTTPError(403, ErrorCode.FORBIDDEN, "missing or wrong CSRF token")
-    app = await current_node().store.app_by_name(app_name)
-    if app is None:
-        raise HTTPError(401, ErrorCode.UNAUTHORIZED, "the signed-in app no longer exists")
+    return app
+
+
+def _secret_proof(app: App) -> str:
+    """What a session keeps of the app's secret: it reveals nothing of the secret, and stops
+    matching once the secret changes, which signs out every browser signed in with the old
+    one (a leaked secret is replaced to lock people out)."""
+    return hmac.new(app.secret.encode(), b"c8ws signed-in app", "sha256").hexdigest()
+
+
+async def signed_in_app() -> App | None:
+    """The app this browser signed in to, while it exists and its secret is unchanged;
+    otherwise None, and the sign-in is forgotten."""
+    name = session.get("app")
+    if name is None:
+        return None
+    app = await current_node().store.app_by_name(str(name))
+    if app is None or not hmac.compare_digest(str(session.get("proof", "")), _secret_proof(app)):
+        session.pop("app", None)
+        session.pop("proof", None)
+        return None
     return app
 
 
@@ -84,6 +103,7 @@ def sign_in(app: App) -> None:
     """Remember the app in the session cookie, with a fresh CSRF token."""
     session.clear()
     session["app"] = app.name
+    session["proof"] = _secret_proof(app)
     session["csrf"] = secrets.token_urlsafe(24)
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from quart import Blueprint, Response, redirect, render_template, request, session, url_for
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
-from app.access import HTTPError, app_by_secret, csrf_ok, csrf_token, current_node, sign_in
+from app.access import (
+    HTTPError,
+    app_by_secret,
+    csrf_ok,
+    csrf_token,
+    current_node,
+    sign_in,
+    signed_in_app,
+)
 from app.auth import PRIVATE_PREFIX, sign_token
 from app.errors import ErrorCode
 from app.schemas import CHANNEL_PATTERN
@@ -33,12 +41,13 @@ async def index() -> WerkzeugResponse:
 async def playground() -> str:
     node = current_node()
     demo = await node.store.app_by_name("demo")
-    app_name = session.get("app")
+    app = await signed_in_app()
     config = _page_config(
-        apiKey=demo.key if demo else "", signedIn=app_name is not None, csrf=csrf_token(),
+        apiKey=demo.key if demo else "", signedIn=app is not None, csrf=csrf_token(),
         persistent=True,
     )
-    return await render_template("playground.html", config=config, signed_in=app_name)
+    return await render_template("playground.html", config=config,
+                                 signed_in=app.name if app else None)
 
 
 @blueprint.get("/embed/<widget_id>")
@@ -75,26 +84,20 @@ def _local_path(target: str | None) -> str | None:
     return None
 
 
-def _signed_in_app() -> str | None:
-    return cast(str | None, session.get("app"))
-
-
 @blueprint.get("/connections")
 async def connections() -> WerkzeugResponse | str:
     """Live channels and members of the signed-in app."""
-    if _signed_in_app() is None:
+    app = await signed_in_app()
+    if app is None:
         return redirect(url_for("views.signin_form", next="/connections"))
     config = _page_config(csrf=csrf_token())
-    return await render_template("connections.html", config=config,
-                                 signed_in=_signed_in_app())
+    return await render_template("connections.html", config=config, signed_in=app.name)
 
 
 @blueprint.get("/history/<channel>")
 async def history(channel: str) -> WerkzeugResponse | str:
     """A channel's stored records: filters, sort, paging, groupBy chart, export."""
-    if _signed_in_app() is None:
-        return redirect(url_for("views.signin_form", next=f"/history/{channel}"))
-    app = await current_node().store.app_by_name(_signed_in_app() or "")
+    app = await signed_in_app()
     if app is None:
         return redirect(url_for("views.signin_form", next=f"/history/{channel}"))
     config = _page_config(csrf=csrf_token(), channel=channel, apiKey=app.key)

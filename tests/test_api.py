@@ -7,6 +7,8 @@ import hmac
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import jwt
 import pytest
@@ -175,8 +177,9 @@ def test_session_cookie_is_not_signed_with_the_demo_secret(server: Server) -> No
         return URLSafeTimedSerializer(
             key, salt="cookie-session",
             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha1},
-        ).dumps({"app": "demo", "csrf": "x"})
+        ).dumps({"app": "demo", "csrf": "x", "proof": proof})
 
+    proof = hmac.new(server.secret.encode(), b"c8ws signed-in app", "sha256").hexdigest()
     demo_derived = hmac.new(server.secret.encode(), b"c8ws session", "sha256").hexdigest()
     real = (server.data_dir / "session.key").read_text().strip()
     client = Client(server.http)
@@ -184,6 +187,39 @@ def test_session_cookie_is_not_signed_with_the_demo_secret(server: Server) -> No
         answer = client.request("GET", "/api/channels",
                                 headers={"Cookie": f"session={cookie(key)}"})
         assert answer[0] == status
+
+
+def test_a_new_secret_signs_every_browser_out(make_server: Callable[..., Server],
+                                             tmp_path: Path) -> None:
+    """Replacing the app's secret (a leaked one) ends the sessions signed in with the old one:
+    the API answers 401 and the pages ask to sign in again; the new secret signs in."""
+    data = tmp_path / "rotated"
+    first = make_server({"C8WS_DEMO_SECRET": "the-old-secret-0123456789"}, data_dir=data)
+    client = Client(first.http)
+    sign_in_with(client, "the-old-secret-0123456789")
+    assert client.request("GET", "/api/channels")[0] == 200
+    assert client.request("GET", "/connections")[0] == 200
+    first.stop()
+
+    second = make_server({"C8WS_DEMO_SECRET": "the-new-secret-9876543210"}, data_dir=data)
+    client.base = second.http  # same cookie jar: the host is the same, only the port moved
+    status, body, _ = client.request("GET", "/api/channels")
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, _, headers = client.request("GET", "/connections")
+    assert status == 302 and "/signin" in headers["Location"]
+    _, page, _ = client.request("GET", "/playground")
+    assert "signed in as" not in page
+    sign_in_with(client, "the-new-secret-9876543210")
+    assert client.request("GET", "/api/channels")[0] == 200
+
+
+def sign_in_with(client: Client, secret: str) -> None:
+    _, page, _ = client.request("GET", "/signin")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf is not None
+    status, _, _ = client.request("POST", "/signin",
+                                  form={"csrf_token": csrf.group(1), "secret": secret})
+    assert status == 302
 
 
 def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
