@@ -252,6 +252,8 @@ class Member:
         self.close_code = code
         self.close_reason = reason
         self._wakeup.set()
+        if self.socket is not None:
+            self.socket.cut_off_later()
         if self.on_close is not None:
             self.on_close(self)
 

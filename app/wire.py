@@ -56,13 +56,15 @@ class DirectSocket:
     not fit waits in the member's queue (where the member's byte limit counts it), so a reader
     that stops costs at most that much here beyond its queue."""
 
-    __slots__ = ("_high_water", "_stream", "_transport", "_writer")
+    __slots__ = ("_close_grace", "_high_water", "_stream", "_transport", "_writer")
 
-    def __init__(self, stream: WSStream, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, stream: WSStream, writer: asyncio.StreamWriter,
+                 close_grace: float) -> None:
         self._stream = stream
         self._writer = writer
         self._transport = writer.transport
         self._high_water = max(TRANSPORT_BYTES, self._transport.get_write_buffer_limits()[1])
+        self._close_grace = close_grace
 
     def room(self) -> int | None:
         """Bytes the transport takes before it holds TRANSPORT_BYTES (at most 0: wait for
@@ -78,6 +80,14 @@ class DirectSocket:
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
+    def cut_off_later(self) -> None:
+        """The server is closing the WebSocket: abort the connection if it is still there
+        `close_grace` seconds from now. A peer that reads nothing never takes the close frame
+        (it waits behind what is buffered), and one that never answers it keeps Hypercorn from
+        hanging up; either would otherwise hold its socket, and the megabyte buffered for it,
+        for good. Aborting a connection that has ended does nothing."""
+        asyncio.get_running_loop().call_later(self._close_grace, self._transport.abort)
+
     async def drained(self) -> None:
         """Wait until the transport has room again, or the connection is lost. Past
         TRANSPORT_BYTES it is past its own high-water mark too, so `drain` waits for it to
@@ -89,7 +99,8 @@ class DirectSocket:
             await asyncio.sleep(DRAIN_POLL)
 
 
-def direct_socket(send: Callable[[Any], Awaitable[None]]) -> DirectSocket | None:
+def direct_socket(send: Callable[[Any], Awaitable[None]],
+                  close_grace: float) -> DirectSocket | None:
     """The socket behind an accepted WebSocket's ASGI `send`, when frames may be written to it
     directly: Hypercorn's asyncio server speaking HTTP/1.1. None otherwise (the caller keeps
     `send`). This reads Hypercorn's objects, not an ASGI interface; tests/test_wire.py checks
@@ -100,4 +111,4 @@ def direct_socket(send: Callable[[Any], Awaitable[None]]) -> DirectSocket | None
     if not (isinstance(stream, WSStream) and isinstance(protocol, H11Protocol)
             and isinstance(server, TCPServer)):
         return None
-    return DirectSocket(stream, server.writer)
+    return DirectSocket(stream, server.writer, close_grace)

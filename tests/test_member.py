@@ -57,7 +57,7 @@ async def make_member() -> AsyncIterator[MakeMember]:
             client_id=f"m{len(made)}", uuid="u", user=None, username=None, notify_self=False,
             persistent=False, presence=False, origin=None, remote=None,
             limits=limits_for(settings, {}), bucket=TokenBucket(0, 1),
-            socket=DirectSocket(OpenStream(), writer),  # type: ignore[arg-type]
+            socket=DirectSocket(OpenStream(), writer, 60),  # type: ignore[arg-type]
             flusher=flusher)
         made.append((member, asyncio.create_task(member.run_writer(ignore, ignore)), theirs))
         return member, theirs

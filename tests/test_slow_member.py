@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import orjson
 import pytest
 
 from tests.live import UNIT, Server, StalledClient, connect, recv
@@ -21,7 +22,9 @@ async def test_stalled_reader_is_dropped_others_get_all_in_order(
 ) -> None:
     """10,000 messages: the stalled member closes with 4008, two readers get all 10,000 in order,
     and the server's memory stays bounded by the queue limit, not by what was published."""
-    live = make_server({"C8WS_MAX_QUEUE_BYTES": str(1024 * 1024), "C8WS_MSG_RATE": "0"})
+    # A long grace: the stalled member reads what it was sent only at the end.
+    live = make_server({"C8WS_MAX_QUEUE_BYTES": str(1024 * 1024), "C8WS_MSG_RATE": "0",
+                        "C8WS_SHUTDOWN_TIMEOUT": "120"})
     path = "/v3/slow?api_key=demo"
     stalled = StalledClient(live.port, path)
     readers = [await connect(live.ws(path)) for _ in range(2)]
@@ -58,3 +61,44 @@ async def test_stalled_reader_is_dropped_others_get_all_in_order(
     assert rss_after - rss_before < 48 * 1024, f"RSS grew by {rss_after - rss_before} KiB"
     for client in (publisher, *readers):
         await client.close()
+
+
+async def test_a_peer_that_reads_nothing_is_cut_off(
+    make_server: Callable[..., Server],
+) -> None:
+    """Closed with 4008 while it reads nothing, a peer cannot take even the close frame (it
+    waits behind what is buffered): its connection is aborted C8WS_SHUTDOWN_TIMEOUT later
+    instead of holding its socket, and what is buffered for it, for good."""
+    live = make_server({"C8WS_MAX_QUEUE_BYTES": str(256 * 1024), "C8WS_MSG_RATE": "0",
+                        "C8WS_SHUTDOWN_TIMEOUT": "0.5"})
+    path = "/v3/cutoff?api_key=demo"
+    stalled = StalledClient(live.port, path)
+    publisher = await connect(live.ws(path))
+    for _ in range(100):
+        await publisher.send("cmd_status")
+        if await recv(publisher) == '{"system":{"connection_count":2}}':
+            break
+    else:
+        raise AssertionError("the stalled client never joined")
+    filler = "x" * PAYLOAD
+    count = 1
+    for sent in range(MESSAGES):  # far past the socket buffers, the transport and the queue
+        await publisher.send(filler)
+        if sent % WINDOW == WINDOW - 1:
+            await publisher.send("cmd_status")
+            count = int(orjson.loads(await recv(publisher))["system"]["connection_count"])
+            if count == 1:
+                break
+    assert count == 1, "the stalled member was never dropped"
+    await asyncio.sleep(2 * UNIT)  # past the grace: the server has aborted the connection
+
+    try:
+        code, frames = await asyncio.to_thread(stalled.read_until_close, 10)
+    except ConnectionResetError:
+        code, frames = None, 0
+    finally:
+        stalled.close()
+    assert code is None, f"the connection was kept: a close {code} after {frames} frames"
+    await publisher.send("cmd_ping")
+    assert await recv(publisher) == '{"system":"pong"}'  # everyone else is still served
+    await publisher.close()

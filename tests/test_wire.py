@@ -29,7 +29,7 @@ def test_no_direct_socket_behind_another_send() -> None:
     async def send(event: object) -> None:
         del event
 
-    assert direct_socket(send) is None
+    assert direct_socket(send, 1) is None
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
