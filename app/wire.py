@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +39,14 @@ _FIN = 0x80
 # with 64 KiB, Redis fan-out to 1,000 members fell from 630k to 145k deliveries/s.
 TRANSPORT_BYTES = 1 << 20
 DRAIN_POLL = 0.005  # seconds
+# TCP keepalive on each direct socket (every WebSocket on Hypercorn's HTTP/1.1): the kernel
+# finds a peer that vanished without closing (a laptop shut, a network gone) after the idle time
+# plus the probes, about two minutes, and it leaves counts and presence. Unlike WebSocket pings
+# (C8WS_PING_INTERVAL, off by default), which also catch peers that are there but silent, it
+# costs the process nothing per connection.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6
 
 
 def frame_bytes(payload: bytes, opcode: int) -> bytes:
@@ -65,6 +74,7 @@ class DirectSocket:
         self._transport = writer.transport
         self._high_water = max(TRANSPORT_BYTES, self._transport.get_write_buffer_limits()[1])
         self._close_grace = close_grace
+        _keep_alive(self._transport.get_extra_info("socket"))
 
     def room(self) -> int | None:
         """Bytes the transport takes before it holds TRANSPORT_BYTES (at most 0: wait for
@@ -97,6 +107,19 @@ class DirectSocket:
         room = self.room()
         if room is not None and room <= 0:  # a transport whose own marks are set higher
             await asyncio.sleep(DRAIN_POLL)
+
+
+def _keep_alive(sock: socket.socket | None) -> None:
+    """Turn on TCP keepalive with the probes above, where the platform has the options."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+                              ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def direct_socket(send: Callable[[Any], Awaitable[None]],

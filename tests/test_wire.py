@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+from pathlib import Path
 
 import orjson
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
-from app.wire import OPCODE_BINARY, OPCODE_TEXT, direct_socket, frame_bytes
-from tests.live import UNIT, Server, connect
+from app.wire import KEEPALIVE_IDLE, OPCODE_BINARY, OPCODE_TEXT, direct_socket, frame_bytes
+from tests.live import UNIT, Server, connect, recv
 
 LENGTHS = [0, 1, 125, 126, 65_535, 65_536, 70_000]  # each side of the 7-, 16- and 64-bit lengths
 
@@ -112,3 +113,36 @@ async def test_nothing_follows_the_close_hypercorn_sends_on_its_own(server: Serv
     assert extra == b""
     await publisher.close()
     writer.close()
+
+
+def _tcp_timer(local_port: int, remote_port: int) -> tuple[int, float] | None:
+    """(timer kind, seconds until it fires) of the loopback TCP socket with these ports, from
+    /proc/net/tcp: kind 2 is the keepalive timer on an established socket, 0 none."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, timer = fields[1], fields[2], fields[5]
+        if (int(local.split(":")[1], 16), int(remote.split(":")[1], 16)) == (local_port,
+                                                                              remote_port):
+            kind, jiffies = timer.split(":")
+            return int(kind, 16), int(jiffies, 16) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+async def test_websocket_sockets_keep_alive(server: Server) -> None:
+    """The server's end of a WebSocket has TCP keepalive on, so the kernel finds a peer that
+    vanished without closing."""
+    client = await connect(server.ws("/v3/keepalive?api_key=demo"))
+    await client.send("cmd_ping")
+    assert orjson.loads(await recv(client)) == {"system": "pong"}
+    client_port = client.transport.get_extra_info("sockname")[1]
+    timer = _tcp_timer(server.port, client_port)
+    for _ in range(100):  # until the pong's retransmission timer (kind 1) gives way, once acked
+        if timer is None or timer[0] != 1:
+            break
+        await asyncio.sleep(0.01)
+        timer = _tcp_timer(server.port, client_port)
+    await client.close()
+    assert timer is not None, "the server's end of the connection was not found"
+    kind, seconds = timer
+    assert kind == 2 and 0 < seconds <= KEEPALIVE_IDLE, timer
