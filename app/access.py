@@ -85,9 +85,12 @@ def _secret_proof(app: App) -> str:
     return hmac.new(app.secret.encode(), b"c8ws signed-in app", "sha256").hexdigest()
 
 
+SIGNED_OUT = "You were signed out: the app's secret changed, or the app is gone."
+
+
 async def signed_in_app() -> App | None:
     """The app this browser signed in to, while it exists and its secret is unchanged;
-    otherwise None, and the sign-in is forgotten."""
+    otherwise None, and the sign-in is forgotten (the sign-in form says why, once)."""
     name = session.get("app")
     if name is None:
         return None
@@ -95,8 +98,14 @@ async def signed_in_app() -> App | None:
     if app is None or not hmac.compare_digest(str(session.get("proof", "")), _secret_proof(app)):
         session.pop("app", None)
         session.pop("proof", None)
+        session["signed_out"] = True
         return None
     return app
+
+
+def signed_out_notice() -> str | None:
+    """Why the last sign-in ended, if it was ended by a changed secret; told once."""
+    return SIGNED_OUT if session.pop("signed_out", False) else None
 
 
 def sign_in(app: App) -> None:

@@ -17,6 +17,7 @@ from app.access import (
     current_node,
     sign_in,
     signed_in_app,
+    signed_out_notice,
 )
 from app.auth import PRIVATE_PREFIX, sign_token
 from app.errors import ErrorCode
@@ -118,7 +119,7 @@ async def signin_form() -> WerkzeugResponse | str:
                 return redirect(url_for("views.playground"))
         return await render_template("signin.html", error="That sign-in link was already used.",
                                      csrf=csrf_token())
-    return await render_template("signin.html", error=None, csrf=csrf_token())
+    return await render_template("signin.html", error=signed_out_notice(), csrf=csrf_token())
 
 
 @blueprint.post("/signin")

@@ -207,8 +207,12 @@ def test_a_new_secret_signs_every_browser_out(make_server: Callable[..., Server]
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, _, headers = client.request("GET", "/connections")
     assert status == 302 and "/signin" in headers["Location"]
+    _, page, _ = client.request("GET", headers["Location"])
+    assert "the app&#39;s secret changed" in page  # said once, on the form
     _, page, _ = client.request("GET", "/playground")
     assert "signed in as" not in page
+    _, page, _ = client.request("GET", "/signin")
+    assert "secret changed" not in page
     sign_in_with(client, "the-new-secret-9876543210")
     assert client.request("GET", "/api/channels")[0] == 200
 
