@@ -79,10 +79,12 @@ async def app_from_secret() -> App:
 
 
 def _secret_proof(app: App) -> str:
-    """What a session keeps of the app's secret: it reveals nothing of the secret, and stops
-    matching once the secret changes, which signs out every browser signed in with the old
-    one (a leaked secret is replaced to lock people out)."""
-    return hmac.new(app.secret.encode(), b"c8ws signed-in app", "sha256").hexdigest()
+    """What a session keeps of the app's secret. It stops matching once the secret changes,
+    which signs out every browser signed in with the old one (a leaked secret is replaced to
+    lock people out). Keyed with the server's session key: a cookie is signed, not encrypted,
+    and must not let whoever holds one test guesses of the secret."""
+    key = str(current_app.secret_key).encode()
+    return hmac.new(key, f"{app.id}\0{app.secret}".encode(), "sha256").hexdigest()
 
 
 SIGNED_OUT = "You were signed out: the app's secret changed, or the app is gone."
@@ -95,10 +97,12 @@ async def signed_in_app() -> App | None:
     if name is None:
         return None
     app = await current_node().store.app_by_name(str(name))
-    if app is None or not hmac.compare_digest(str(session.get("proof", "")), _secret_proof(app)):
+    proof = session.get("proof")
+    if app is None or not hmac.compare_digest(str(proof or ""), _secret_proof(app)):
         session.pop("app", None)
         session.pop("proof", None)
-        session["signed_out"] = True
+        if proof is not None:  # not a session from before proofs were kept
+            session["signed_out"] = True
         return None
     return app
 

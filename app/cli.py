@@ -27,6 +27,16 @@ from app.transfer import export_channel, import_channel
 
 # Middle-generation collections between two full ones (CPython's default is 10).
 FULL_COLLECTION_THRESHOLD = 100
+# TCP keepalive for every connection, set on the listening socket (Linux's accepted sockets
+# inherit it): the kernel finds a peer that vanished without closing (a laptop shut, a network
+# gone) after KEEPALIVE_IDLE quiet seconds and the probes, and one that stopped acknowledging
+# what is sent to it after KEEPALIVE_TIMEOUT; then its member leaves counts and presence. Unlike
+# WebSocket pings (C8WS_PING_INTERVAL, off by default), which also catch peers that are there
+# but silent, it costs the process nothing per connection.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6
+KEEPALIVE_TIMEOUT = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES  # seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +104,7 @@ def serve(args: argparse.Namespace) -> None:
         raise ConfigError(f"C8WS_PORT: cannot listen on {settings.host}:{settings.port}: "
                           f"{error.strerror}") from None
     sock.set_inheritable(True)
+    keep_alive(sock)
     overrides["port"] = sock.getsockname()[1]
     config = Config()
     config.bind = [f"fd://{sock.fileno()}"]
@@ -123,6 +134,17 @@ def serve(args: argparse.Namespace) -> None:
         await node.drain()
 
     asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive as above, with the options this platform has."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                          ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+                          ("TCP_USER_TIMEOUT", KEEPALIVE_TIMEOUT * 1000)):
+        if hasattr(socket, option):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def settle_heap() -> None:

@@ -253,9 +253,20 @@ class Member:
         self.close_reason = reason
         self._wakeup.set()
         if self.socket is not None:
-            self.socket.cut_off_later()
+            self.socket.cut_off_when_stuck(self._queued_bytes)
         if self.on_close is not None:
             self.on_close(self)
+
+    def attach(self, socket: DirectSocket | None) -> None:
+        """Write to `socket` directly from now on (None: keep the ASGI send). A member closed
+        before it was attached (by a fan-out overflow or a shutdown during its handshake) is
+        watched from here as one closed after."""
+        self.socket = socket
+        if socket is not None and self.state is not MemberState.OPEN:
+            socket.cut_off_when_stuck(self._queued_bytes)
+
+    def _queued_bytes(self) -> int:
+        return self.queued_bytes
 
     def mark_gone(self) -> None:
         """The peer went away: nothing more will be written."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,14 +38,6 @@ _FIN = 0x80
 # with 64 KiB, Redis fan-out to 1,000 members fell from 630k to 145k deliveries/s.
 TRANSPORT_BYTES = 1 << 20
 DRAIN_POLL = 0.005  # seconds
-# TCP keepalive on each direct socket (every WebSocket on Hypercorn's HTTP/1.1): the kernel
-# finds a peer that vanished without closing (a laptop shut, a network gone) after the idle time
-# plus the probes, about two minutes, and it leaves counts and presence. Unlike WebSocket pings
-# (C8WS_PING_INTERVAL, off by default), which also catch peers that are there but silent, it
-# costs the process nothing per connection.
-KEEPALIVE_IDLE = 60
-KEEPALIVE_INTERVAL = 10
-KEEPALIVE_PROBES = 6
 
 
 def frame_bytes(payload: bytes, opcode: int) -> bytes:
@@ -74,7 +65,6 @@ class DirectSocket:
         self._transport = writer.transport
         self._high_water = max(TRANSPORT_BYTES, self._transport.get_write_buffer_limits()[1])
         self._close_grace = close_grace
-        _keep_alive(self._transport.get_extra_info("socket"))
 
     def room(self) -> int | None:
         """Bytes the transport takes before it holds TRANSPORT_BYTES (at most 0: wait for
@@ -90,13 +80,25 @@ class DirectSocket:
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
-    def cut_off_later(self) -> None:
-        """The server is closing the WebSocket: abort the connection if it is still there
-        `close_grace` seconds from now. A peer that reads nothing never takes the close frame
-        (it waits behind what is buffered), and one that never answers it keeps Hypercorn from
-        hanging up; either would otherwise hold its socket, and the megabyte buffered for it,
-        for good. Aborting a connection that has ended does nothing."""
-        asyncio.get_running_loop().call_later(self._close_grace, self._transport.abort)
+    def cut_off_when_stuck(self, queued: Callable[[], int]) -> None:
+        """The server is closing the WebSocket: abort the connection once a whole `close_grace`
+        passes in which the peer took nothing of what waits for it (`queued()` bytes in the
+        member's queue, and the transport's buffer), or in which it had everything, the close
+        frame included, and did not hang up. A peer that reads nothing never gets to the close
+        frame, and one that never answers it keeps Hypercorn from hanging up: either would
+        otherwise hold its socket, and what is buffered for it, for good. A slow reader still
+        working through a backlog keeps its connection."""
+        self._watch(queued, None)
+
+    def _watch(self, queued: Callable[[], int], before: int | None) -> None:
+        transport = self._transport
+        if transport.is_closing():  # hung up (or was aborted): nothing to watch
+            return
+        waiting = queued() + transport.get_write_buffer_size()
+        if before is not None and waiting >= before:
+            transport.abort()
+            return
+        asyncio.get_running_loop().call_later(self._close_grace, self._watch, queued, waiting)
 
     async def drained(self) -> None:
         """Wait until the transport has room again, or the connection is lost. Past
@@ -107,19 +109,6 @@ class DirectSocket:
         room = self.room()
         if room is not None and room <= 0:  # a transport whose own marks are set higher
             await asyncio.sleep(DRAIN_POLL)
-
-
-def _keep_alive(sock: socket.socket | None) -> None:
-    """Turn on TCP keepalive with the probes above, where the platform has the options."""
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-                              ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-            if hasattr(socket, option):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def direct_socket(send: Callable[[Any], Awaitable[None]],

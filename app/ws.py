@@ -148,7 +148,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
                                  params["epoch"])
         await websocket.accept()
         send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
-        member.socket = direct_socket(send, node.settings.shutdown_timeout)
+        member.attach(direct_socket(send, node.settings.shutdown_timeout))
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
         await read_loop(node, member)
         await writer

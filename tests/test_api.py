@@ -173,19 +173,21 @@ def test_session_cookie_is_not_signed_with_the_demo_secret(server: Server) -> No
     """Knowing the (shared) demo secret does not let anyone forge a session."""
     from itsdangerous import URLSafeTimedSerializer
 
-    def cookie(key: str) -> str:
+    def cookie(key: str, **proven: str) -> str:
         return URLSafeTimedSerializer(
             key, salt="cookie-session",
             signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha1},
-        ).dumps({"app": "demo", "csrf": "x", "proof": proof})
+        ).dumps({"app": "demo", "csrf": "x", **proven})
 
-    proof = hmac.new(server.secret.encode(), b"c8ws signed-in app", "sha256").hexdigest()
     demo_derived = hmac.new(server.secret.encode(), b"c8ws session", "sha256").hexdigest()
     real = (server.data_dir / "session.key").read_text().strip()
+    proof = hmac.new(real.encode(), f"demo\0{server.secret}".encode(), "sha256").hexdigest()
     client = Client(server.http)
-    for key, status in ((demo_derived, 401), (real, 200)):  # the real key proves the recipe
+    # The real key with the proof proves the recipe; without the proof it is not enough.
+    for key, proven, status in ((demo_derived, {"proof": proof}, 401), (real, {}, 401),
+                                (real, {"proof": proof}, 200)):
         answer = client.request("GET", "/api/channels",
-                                headers={"Cookie": f"session={cookie(key)}"})
+                                headers={"Cookie": f"session={cookie(key, **proven)}"})
         assert answer[0] == status
 
 

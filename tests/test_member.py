@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -43,7 +44,7 @@ async def make_member() -> AsyncIterator[MakeMember]:
     async def ignore(*_: Any) -> None:
         pass
 
-    async def make(max_queue_bytes: int = 4 << 20) -> Pair:
+    async def make(max_queue_bytes: int = 4 << 20, close_grace: float = 60) -> Pair:
         ours, theirs = socket.socketpair()
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
@@ -57,7 +58,7 @@ async def make_member() -> AsyncIterator[MakeMember]:
             client_id=f"m{len(made)}", uuid="u", user=None, username=None, notify_self=False,
             persistent=False, presence=False, origin=None, remote=None,
             limits=limits_for(settings, {}), bucket=TokenBucket(0, 1),
-            socket=DirectSocket(OpenStream(), writer, 60),  # type: ignore[arg-type]
+            socket=DirectSocket(OpenStream(), writer, close_grace),  # type: ignore[arg-type]
             flusher=flusher)
         made.append((member, asyncio.create_task(member.run_writer(ignore, ignore)), theirs))
         return member, theirs
@@ -159,3 +160,42 @@ async def test_a_reader_that_catches_up_gets_everything_in_order(
     assert await read_all(peer, len(expected)) == expected
     assert member.state is MemberState.OPEN and member.queued_bytes == 0
     assert member.messages_out == 48
+
+
+async def test_a_closed_member_still_reading_its_backlog_keeps_its_connection(
+    make_member: MakeMember,
+) -> None:
+    """Closed with 3 MiB still to send, to a peer that takes 64 KiB every 20 ms (about a
+    second in all, ten close graces): the connection stays while the peer keeps taking, and
+    the peer gets everything."""
+    member, peer = await make_member(close_grace=0.1)
+    frames = [Outgoing(bytes([n]) * (64 << 10)) for n in range(48)]
+    for frame in frames:
+        member.send_nowait(frame)
+    await asyncio.sleep(0)
+    member.close(CloseCode.OPERATOR, "bye")
+    expected = b"".join(frame.wire for frame in frames)
+    data = b""
+    peer.setblocking(False)
+    async with asyncio.timeout(10):
+        while len(data) < len(expected):
+            with contextlib.suppress(BlockingIOError):
+                data += peer.recv(64 << 10)
+            await asyncio.sleep(0.02)
+    assert data == expected
+
+
+async def test_a_closed_member_taking_nothing_is_cut_off(make_member: MakeMember) -> None:
+    """Closed while its peer takes nothing of what waits for it, a member's connection is
+    aborted once a close grace passes without progress."""
+    member, _ = await make_member(close_grace=0.1)
+    assert member.socket is not None
+    for n in range(48):
+        member.send_nowait(Outgoing(bytes([n]) * (64 << 10)))
+    await asyncio.sleep(0)
+    member.close(CloseCode.OPERATOR, "bye")
+    await asyncio.sleep(0.05)
+    assert member.socket.room() is not None  # within the grace: still there
+    async with asyncio.timeout(5):
+        while member.socket.room() is not None:
+            await asyncio.sleep(0.05)

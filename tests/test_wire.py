@@ -11,7 +11,8 @@ import orjson
 import pytest
 from wsproto.frame_protocol import FrameProtocol
 
-from app.wire import KEEPALIVE_IDLE, OPCODE_BINARY, OPCODE_TEXT, direct_socket, frame_bytes
+from app.cli import KEEPALIVE_IDLE
+from app.wire import OPCODE_BINARY, OPCODE_TEXT, direct_socket, frame_bytes
 from tests.live import UNIT, Server, connect, recv
 
 LENGTHS = [0, 1, 125, 126, 65_535, 65_536, 70_000]  # each side of the 7-, 16- and 64-bit lengths
@@ -130,8 +131,8 @@ def _tcp_timer(local_port: int, remote_port: int) -> tuple[int, float] | None:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
 async def test_websocket_sockets_keep_alive(server: Server) -> None:
-    """The server's end of a WebSocket has TCP keepalive on, so the kernel finds a peer that
-    vanished without closing."""
+    """The server's end of a WebSocket has TCP keepalive on (set on the listening socket), so
+    the kernel finds a peer that vanished without closing."""
     client = await connect(server.ws("/v3/keepalive?api_key=demo"))
     await client.send("cmd_ping")
     assert orjson.loads(await recv(client)) == {"system": "pong"}
