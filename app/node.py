@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from app.broker.base import Broker, PresenceChange, PresenceEvent, PresenceMember
+from app.broker.base import Broker, BrokerError, PresenceChange, PresenceEvent, PresenceMember
 from app.config import Settings
 from app.errors import CloseCode, NotStored, Refusal
 from app.hub import Hub
@@ -267,10 +267,16 @@ class Node:
             return
         await self.presence.leave(key, self._member_ref(member))
         self._dirty_counts.add(key)
-        await self.broker.remove_connection(key, self._member_ref(member))
+        try:
+            await self.broker.remove_connection(key, self._member_ref(member))
+        except BrokerError as error:  # the member is gone all the same; say so, don't raise
+            log.warning("leave of a member of %s not counted: %s", key, error)
         if last:
             self._channel_gone(key)
-            await self.broker.unsubscribe(key)
+            try:
+                await self.broker.unsubscribe(key)
+            except BrokerError as error:
+                log.warning("unsubscribing from %s failed: %s", key, error)
 
     def _channel_gone(self, key: ChannelKey) -> None:
         self._history.pop(key, None)
@@ -324,6 +330,10 @@ class Node:
             for key in dirty:
                 try:
                     count = await self.broker.count_connections(key)
+                except BrokerError as error:  # an outage: tried again next interval
+                    log.warning("counting connections of %s failed: %s", key, error)
+                    self._dirty_counts.add(key)
+                    continue
                 except Exception:
                     log.exception("counting connections of %s failed", key)
                     self._dirty_counts.add(key)

@@ -59,3 +59,38 @@ async def test_joining_while_redis_is_down_is_refused_with_try_again_later(
             pytest.fail("never welcomed after Redis came back")
     finally:
         redis.stop()
+
+
+async def test_leaving_while_redis_is_down_is_no_error(
+        make_server: Callable[..., Server], tmp_path: Path) -> None:
+    """A member that leaves while Redis is down is gone all the same: the node logs a warning
+    (no exception escapes the connection, which on a refused join was an HTTP 500), and it
+    welcomes members again once Redis is back."""
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        server = make_server({"C8WS_BROKER_URL": redis.url})
+        url = server.ws("/c8/leaving?api_key=demo")
+        client = await connect(url)
+        await recv_kind(client, "welcome", 30)
+        redis.stop()
+        await client.close()
+        for _ in range(100):
+            if "not counted" in server.log():
+                break
+            await asyncio.sleep(0.05)
+        log = server.log()
+        assert "leave of a member of ('demo', 'leaving') not counted" in log
+        assert "Exception on websocket" not in log and "Traceback" not in log
+        redis.start()
+        for _ in range(100):
+            try:
+                async with await connect(url) as client:
+                    await recv_kind(client, "welcome", 30)
+                    break
+            except ConnectionClosed:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("never welcomed after Redis came back")
+    finally:
+        redis.stop()
