@@ -270,7 +270,7 @@ class Node:
         try:
             await self.broker.remove_connection(key, self._member_ref(member))
         except BrokerError as error:  # the member is gone all the same; say so, don't raise
-            log.warning("leave of a member of %s not counted: %s", key, error)
+            log.warning("leave of a member of %s not counted yet: %s", key, error)
         if last:
             self._channel_gone(key)
             try:

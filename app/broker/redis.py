@@ -379,8 +379,9 @@ class RedisBroker(Broker):
             return await self._connections.count(key)
 
     async def _beat(self) -> None:
-        """Keep this node's heartbeat alive; if it had expired, count this node's members again.
-        Then let presence restore and sweep. Until closed, like the reader."""
+        """Keep this node's heartbeat alive; if it had expired, count this node's members again,
+        and set right the channels where counting one failed. Then let presence restore and
+        sweep. Until closed, like the reader."""
         while self._state is BrokerState.STARTED:
             await asyncio.sleep(self._beat_every)
             try:
@@ -389,6 +390,7 @@ class RedisBroker(Broker):
                 if previous is None and self._connections:
                     log.warning("this node's heartbeat had expired; registering its members again")
                     await self._connections.restore()
+                await self._connections.resync()
                 if self._presence is not None:
                     await self._presence.beat(expired=previous is None)
             except DRIVER_ERRORS as error:

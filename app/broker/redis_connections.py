@@ -19,6 +19,8 @@ class Connections:
         self._keys = keys
         self._script = client.register_script(CONNECTIONS)
         self._members: dict[ChannelKey, set[str]] = {}
+        # Channels where Redis may disagree with `_members`: an add or a remove failed there.
+        self._stale: set[ChannelKey] = set()
         self._gate = Gate()  # adds and removes go through together, a restore of them alone
 
     def __bool__(self) -> bool:
@@ -36,6 +38,7 @@ class Connections:
                 members.discard(member_id)
                 if not members and self._members.get(key) is members:
                     del self._members[key]
+                self._stale.add(key)
                 raise
 
     async def remove(self, key: ChannelKey, member_id: str) -> int:
@@ -45,7 +48,11 @@ class Connections:
                 members.discard(member_id)
                 if not members:
                     del self._members[key]
-            return await self._run("remove", key, member_id)
+            try:
+                return await self._run("remove", key, member_id)
+            except BaseException:
+                self._stale.add(key)
+                raise
 
     async def count(self, key: ChannelKey) -> int:
         return await self._run("count", key, "")
@@ -58,6 +65,22 @@ class Connections:
             for key, members in list(self._members.items()):
                 await self._queue(pipe, key, members)
             await pipe.execute()
+
+    async def resync(self) -> None:
+        """Replace what Redis holds of this node with what is true here in the channels where an
+        add or a remove failed. A failed remove would otherwise keep a member that left counted
+        for as long as this node's heartbeat lives."""
+        if not self._stale:
+            return
+        stale, self._stale = self._stale, set()
+        try:
+            async with self._gate.exclusive(), self._client.pipeline(transaction=False) as pipe:
+                for key in stale:
+                    await self._queue(pipe, key, self._members.get(key, set()))
+                await pipe.execute()
+        except BaseException:
+            self._stale |= stale
+            raise
 
     async def forget(self, pipe: aioredis.client.Pipeline) -> None:
         """A clean exit: queue taking this node's members out of every count."""

@@ -777,6 +777,37 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
         server.stop()
 
 
+async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Path) -> None:
+    """An uncount that fails while Redis keeps its data (here, scripts refused for a moment)
+    would keep a member that left counted for as long as its node lives; the node's next
+    heartbeat replaces the channel's count with what is true on the node."""
+    require_redis_server()
+    server = RedisServer(tmp_path).start()
+    cluster = Cluster("redis", server.url, "c8ws-resync:")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        a = await cluster.node(heartbeat_ttl=UNIT)
+        key = new_channel()
+        assert await a.broker.add_connection(key, "a:1") == 1
+        assert await a.broker.add_connection(key, "a:2") == 2
+        admin.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
+        try:
+            with pytest.raises(BrokerError):
+                await a.broker.remove_connection(key, "a:2")
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
+        assert await a.broker.count_connections(key) == 2  # Redis still counts it
+
+        async def count_is_one() -> bool:
+            return await a.broker.count_connections(key) == 1
+
+        assert await until_async(count_is_one, 10)
+    finally:
+        admin.close()
+        await cluster.close()
+        server.stop()
+
+
 async def test_a_redis_restored_from_an_old_snapshot_never_repeats_a_seq(
     tmp_path: Path,
 ) -> None:
