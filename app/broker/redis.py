@@ -75,8 +75,9 @@ class RedisBroker(Broker):
     subscribes only to channels this node has members in.
 
     Counts heal themselves: each node refreshes its heartbeat every `heartbeat_ttl / 3`, counting
-    skips (and deletes) the members of nodes whose heartbeat expired, and a node that finds its
-    own heartbeat gone (Redis restarted, or it stalled) registers its members again.
+    skips (and deletes) the members of nodes whose heartbeat expired, a node that finds its
+    own heartbeat gone (Redis restarted, or it stalled) registers its members again, and on each
+    beat a node sets right the channels where counting or uncounting one of its members failed.
 
     After a dropped connection the pub/sub reader reconnects and subscribes again; records
     published meanwhile are missed by this node (at most once; a client resuming with `since`
