@@ -48,15 +48,7 @@ async def test_joining_while_redis_is_down_is_refused_with_try_again_later(
                 await recv(client, 30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
         redis.start()
-        for _ in range(100):  # the node reconnects by itself
-            try:
-                async with await connect(url) as client:
-                    assert (await recv_kind(client, "welcome", 30))["connections"] == 1
-                    break
-            except ConnectionClosed:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("never welcomed after Redis came back")
+        assert (await welcome_once_redis_is_back(url))["connections"] == 1
     finally:
         redis.stop()
 
@@ -83,14 +75,19 @@ async def test_leaving_while_redis_is_down_is_no_error(
         assert "leave of a member of ('demo', 'leaving') not counted yet" in log
         assert "Exception on websocket" not in log and "Traceback" not in log
         redis.start()
-        for _ in range(100):
-            try:
-                async with await connect(url) as client:
-                    await recv_kind(client, "welcome", 30)
-                    break
-            except ConnectionClosed:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("never welcomed after Redis came back")
+        await welcome_once_redis_is_back(url)
     finally:
         redis.stop()
+
+
+async def welcome_once_redis_is_back(url: str) -> dict[str, object]:
+    """The welcome of a connection to `url`, trying again while the node reconnects to Redis
+    by itself (until then, joins are refused with 1013)."""
+    for _ in range(100):
+        try:
+            async with await connect(url) as client:
+                welcome: dict[str, object] = await recv_kind(client, "welcome", 30)
+                return welcome
+        except ConnectionClosed:
+            await asyncio.sleep(0.1)
+    pytest.fail("never welcomed after Redis came back")
