@@ -330,12 +330,11 @@ class Node:
             for key in dirty:
                 try:
                     count = await self.broker.count_connections(key)
-                except BrokerError as error:  # an outage: tried again next interval
-                    log.warning("counting connections of %s failed: %s", key, error)
-                    self._dirty_counts.add(key)
-                    continue
-                except Exception:
-                    log.exception("counting connections of %s failed", key)
+                except Exception as error:  # tried again next interval
+                    if isinstance(error, BrokerError):  # an outage: no trace to read
+                        log.warning("counting connections of %s failed: %s", key, error)
+                    else:
+                        log.exception("counting connections of %s failed", key)
                     self._dirty_counts.add(key)
                     continue
                 if not self.hub.count(key):

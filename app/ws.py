@@ -139,11 +139,6 @@ async def serve(dialect: Dialect, channel: str) -> None:
         await refuse(Refusal(CloseCode.TRY_AGAIN_LATER,
                              "The server cannot reach its broker; try again in a moment."))
         return
-    except Exception:  # a close the client can act on (1011: reconnect), not an HTTP 500
-        await node.leave(member)
-        log.exception("join of %s failed", member.key)
-        await refuse(Refusal(CloseCode.INTERNAL, "The server failed to join you; try again."))
-        return
     except BaseException:
         await node.leave(member)
         raise

@@ -60,27 +60,28 @@ class Connections:
     async def restore(self) -> None:
         """Count this node's members again, every channel in one round trip (its heartbeat had
         expired: Redis restarted, or this node stalled and was taken for dead)."""
-        # Alone: an add or a remove on its way could be undone by the restore.
-        async with self._gate.exclusive(), self._client.pipeline(transaction=False) as pipe:
-            for key, members in list(self._members.items()):
-                await self._queue(pipe, key, members)
-            await pipe.execute()
+        await self._replace(None)
 
     async def resync(self) -> None:
-        """Replace what Redis holds of this node with what is true here in the channels where an
-        add or a remove failed. A failed remove would otherwise keep a member that left counted
-        for as long as this node's heartbeat lives."""
+        """Set right the channels where an add or a remove failed. A failed remove would
+        otherwise keep a member that left counted for as long as this node's heartbeat lives."""
         if not self._stale:
             return
         stale, self._stale = self._stale, set()
         try:
-            async with self._gate.exclusive(), self._client.pipeline(transaction=False) as pipe:
-                for key in stale:
-                    await self._queue(pipe, key, self._members.get(key, set()))
-                await pipe.execute()
+            await self._replace(stale)
         except BaseException:
             self._stale |= stale
             raise
+
+    async def _replace(self, keys: set[ChannelKey] | None) -> None:
+        """Replace what Redis holds of this node in `keys` (None: every channel it has members
+        in) with what is true here, in one round trip."""
+        # Alone: an add or a remove on its way could be undone by the replacement.
+        async with self._gate.exclusive(), self._client.pipeline(transaction=False) as pipe:
+            for key in set(self._members) if keys is None else keys:
+                await self._queue(pipe, key, self._members.get(key, set()))
+            await pipe.execute()
 
     async def forget(self, pipe: aioredis.client.Pipeline) -> None:
         """A clean exit: queue taking this node's members out of every count."""
