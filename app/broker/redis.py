@@ -383,6 +383,9 @@ class RedisBroker(Broker):
         """Keep this node's heartbeat alive; if it had expired, count this node's members again,
         and set right the channels where counting one failed. Then let presence restore and
         sweep. Until closed, like the reader."""
+        # The heartbeat had expired and this node's members are not all back yet: this beat set
+        # the key again, so the next one would not know if this one's restore failed.
+        expired = False
         while self._state is BrokerState.STARTED:
             await asyncio.sleep(self._beat_every)
             try:
@@ -390,10 +393,13 @@ class RedisBroker(Broker):
                     self._keys.beat, b"1", px=self._ttl_ms, get=True)
                 if previous is None and self._connections:
                     log.warning("this node's heartbeat had expired; registering its members again")
+                expired = expired or previous is None
+                if expired and self._connections:
                     await self._connections.restore()
                 await self._connections.resync()
                 if self._presence is not None:
-                    await self._presence.beat(expired=previous is None)
+                    await self._presence.beat(expired=expired)
+                expired = False
             except DRIVER_ERRORS as error:
                 log.warning("Redis heartbeat failed: %s", error)
             except Exception:

@@ -762,18 +762,7 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
         assert a.broker.epoch(key) == b.broker.epoch(key) != old
         assert a.broker.takeover(key, old) == b.broker.takeover(key, old) == before.seq
         assert await until_async(lambda: _count_is(b, key, 1), 10)
-
-        async def roster_restored() -> bool:
-            try:
-                roster = await b.presence.join(key, "b:1", "u-bob", None)
-            except BrokerError:
-                return False
-            await b.presence.leave(key, "b:1")
-            # Either order: a probe that joined before `a` restored stays first while it keeps
-            # coming back within its grace period.
-            return sorted(roster, key=lambda member: member.uuid) == [ANN, BOB]
-
-        assert await until_async(roster_restored, 10)
+        assert await until_async(lambda: _bob_finds_ann(b, key, "b:1"), 10)
     finally:
         await cluster.close()
         server.stop()
@@ -804,6 +793,34 @@ async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Pat
             return await a.broker.count_connections(key) == 1
 
         assert await until_async(count_is_one, 10)
+    finally:
+        admin.close()
+        await cluster.close()
+        server.stop()
+
+
+async def test_a_failed_restore_is_tried_again_on_the_next_heartbeat(tmp_path: Path) -> None:
+    """Redis loses everything and the restore on the heartbeat that finds out fails (here,
+    scripts refused for a moment): that heartbeat set the node's key all the same, so the next
+    one must still restore, or the node's members stay uncounted and out of rosters for good."""
+    require_redis_server()
+    server = RedisServer(tmp_path).start()
+    cluster = Cluster("redis", server.url, "c8ws-retry:")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        a = await cluster.node(heartbeat_ttl=UNIT)
+        key = new_channel()
+        assert await a.broker.add_connection(key, "a:1") == 1
+        await a.presence.join(key, "a:1", "u-ann", "ann")
+        admin.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
+        try:
+            admin.flushall()
+            # Two heartbeats: the first finds its key gone, and its restore is refused.
+            await asyncio.sleep(UNIT * 2 / 3 + 0.1)
+        finally:
+            admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
+        assert await until_async(lambda: _count_is(a, key, 1), 10)
+        assert await until_async(lambda: _bob_finds_ann(a, key, "a:2"), 10)
     finally:
         admin.close()
         await cluster.close()
@@ -883,6 +900,18 @@ async def _delivered_again(a: Peer, b: Peer, key: ChannelKey) -> bool:
     except BrokerError:
         return False
     return await until(lambda: len(a.records) > 1, 0.2)
+
+
+async def _bob_finds_ann(peer: Peer, key: ChannelKey, member_id: str) -> bool:
+    """Whether bob, joining on `peer` and leaving again, finds ann in the roster. In either order:
+    a bob who joined before ann was restored stays first while he keeps coming back within his
+    grace period."""
+    try:
+        roster = await peer.presence.join(key, member_id, "u-bob", None)
+    except BrokerError:
+        return False
+    await peer.presence.leave(key, member_id)
+    return sorted(roster, key=lambda member: member.uuid) == [ANN, BOB]
 
 
 async def _count_is(peer: Peer, key: ChannelKey, expected: int) -> bool:
