@@ -5,12 +5,13 @@ counts and presence, close."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import secrets
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -768,6 +769,17 @@ async def test_nodes_recover_after_a_redis_restart(tmp_path: Path) -> None:
         server.stop()
 
 
+@contextlib.contextmanager
+def scripts_refused(admin: redis.Redis) -> Iterator[None]:
+    """Redis refuses scripts for a moment (an ACL) and keeps its data: every count, presence
+    change and restore fails while the heartbeat itself goes through."""
+    admin.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
+    try:
+        yield
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
+
+
 async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Path) -> None:
     """An uncount that fails while Redis keeps its data (here, scripts refused for a moment)
     would keep a member that left counted for as long as its node lives; the node's next
@@ -781,18 +793,10 @@ async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Pat
         key = new_channel()
         assert await a.broker.add_connection(key, "a:1") == 1
         assert await a.broker.add_connection(key, "a:2") == 2
-        admin.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
-        try:
-            with pytest.raises(BrokerError):
-                await a.broker.remove_connection(key, "a:2")
-        finally:
-            admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
+        with scripts_refused(admin), pytest.raises(BrokerError):
+            await a.broker.remove_connection(key, "a:2")
         assert await a.broker.count_connections(key) == 2  # Redis still counts it
-
-        async def count_is_one() -> bool:
-            return await a.broker.count_connections(key) == 1
-
-        assert await until_async(count_is_one, 10)
+        assert await until_async(lambda: _count_is(a, key, 1), 10)
     finally:
         admin.close()
         await cluster.close()
@@ -812,13 +816,10 @@ async def test_a_failed_restore_is_tried_again_on_the_next_heartbeat(tmp_path: P
         key = new_channel()
         assert await a.broker.add_connection(key, "a:1") == 1
         await a.presence.join(key, "a:1", "u-ann", "ann")
-        admin.execute_command("ACL", "SETUSER", "default", "-eval", "-evalsha")
-        try:
+        with scripts_refused(admin):
             admin.flushall()
             # Two heartbeats: the first finds its key gone, and its restore is refused.
             await asyncio.sleep(UNIT * 2 / 3 + 0.1)
-        finally:
-            admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
         assert await until_async(lambda: _count_is(a, key, 1), 10)
         assert await until_async(lambda: _bob_finds_ann(a, key, "a:2"), 10)
     finally:
