@@ -454,7 +454,11 @@ class Node:
         self, key: ChannelKey, since: int, epoch: str | None
     ) -> list[RecordFrames] | None:
         """Every record after `since`, in order and without gaps, from this node's history and
-        the store; None when the gap cannot be filled (other epoch, history too short)."""
+        the store; None when the gap cannot be filled (other epoch, history too short) or
+        `since` is beyond anything the channel numbered (its seqs, not stored, started again
+        after a restart): that member would otherwise take the next records for ones it has."""
+        if since > await self.broker.last_seq(key):
+            return None
         stored_only = since  # records up to here are taken from the store alone
         if epoch is not None and epoch != self.broker.epoch(key):
             # An epoch the current one took over from (the broker lost the channel) resumes

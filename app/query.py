@@ -18,7 +18,7 @@ from marshmallow import ValidationError
 
 from app.errors import QueryError
 from app.records import Record
-from app.schemas import QuerySchema, first_error
+from app.schemas import INT64_MAX, QuerySchema, first_error
 
 COLUMNS = {"id": "text", "seq": "number", "created": "number", "client_id": "text",
            "username": "text"}
@@ -26,7 +26,7 @@ NUMBER_TYPES = "('integer','real')"
 ENCODED = "json"
 """The group type meaning "the value is JSON text": PostgreSQL groups by the value's JSON text."""
 
-_INT64 = range(-(2**63), 2**63)
+_INT64 = range(-(2**63), INT64_MAX + 1)
 
 
 @dataclass(frozen=True)

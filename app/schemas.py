@@ -24,6 +24,9 @@ CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FIELD_PATTERN = re.compile(r"(id|seq|created|client_id|username|data(\.[A-Za-z0-9_]+)*)")
 TOKEN_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
+INT64_MAX = 2**63 - 1
+INT64 = validate.Range(min=-(2**63), max=INT64_MAX)
+"""What a stored integer can be: anything larger fails in the store, not here."""
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000_000
 MAX_FILTERS = 20
@@ -76,7 +79,7 @@ class ConnectParams(Schema):
     uuid = fields.String(load_default=None, validate=validate.Regexp(TOKEN_PATTERN))
     jwt = fields.String(load_default=None)
     client_id = fields.String(load_default=None, validate=validate.Regexp(TOKEN_PATTERN))
-    since = fields.Integer(load_default=None, validate=validate.Range(min=0))
+    since = fields.Integer(load_default=None, validate=validate.Range(min=0, max=INT64_MAX))
     epoch = fields.String(load_default=None, validate=validate.Length(max=64))
 
 
@@ -234,8 +237,8 @@ class ReplayBody(Schema):
         unknown = RAISE
 
     channel = fields.String(required=True, validate=validate.Regexp(CHANNEL_PATTERN))
-    start = fields.Integer(load_default=None, strict=True)  # created, ms since the epoch
-    end = fields.Integer(load_default=None, strict=True)
+    start = fields.Integer(load_default=None, strict=True, validate=INT64)  # created, in ms
+    end = fields.Integer(load_default=None, strict=True, validate=INT64)
     speed = fields.Raw(load_default=1)
 
     @validates_schema

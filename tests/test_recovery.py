@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.live import Server, connect, recv, recv_json, recv_kind
+from tests.live import Server, closed_with, connect, recv, recv_json, recv_kind
 
 pytestmark = pytest.mark.asyncio
 
@@ -76,3 +76,33 @@ async def test_piesocket_resume_gets_the_frames(server: Server) -> None:
             await talker.send(text)
         async with await connect(f"{url}&since={welcome['seq']}&epoch={welcome['epoch']}") as late:
             assert [await recv(late), await recv(late)] == ["one", "two"]
+
+
+@pytest.mark.parametrize("with_epoch", [True, False])
+async def test_a_since_beyond_the_channel_is_no_resume(server: Server, with_epoch: bool) -> None:
+    """A member that claims more than the channel ever had (its seqs were not stored and the
+    server restarted, say) is told to reload, and gets every live record from then on: none is
+    taken for one it had already seen."""
+    url = server.ws(f"/c8/resume5-{with_epoch}?api_key=demo")
+    async with await connect(url) as talker:
+        welcome = await recv_kind(talker, "welcome")
+        epoch = f"&epoch={welcome['epoch']}" if with_epoch else ""
+        async with await connect(f"{url}&since={welcome['seq'] + 50}{epoch}") as ahead:
+            await recv_kind(ahead, "welcome")
+            assert await recv_json(ahead) == {"recovered": {"ok": False}}
+            await talker.send(publish("later"))
+            assert (await recv_kind(ahead, "message"))["data"] == "later"
+        async with await connect(server.ws(f"/v3/resume5-{with_epoch}?api_key=demo"
+                                           f"&since={welcome['seq'] + 50}{epoch}")) as ahead:
+            await talker.send(publish("later still"))
+            assert await recv(ahead) == "later still"
+
+
+@pytest.mark.parametrize("since", ["99999999999999999999999", "-1", "ten"])
+async def test_a_since_out_of_range_is_refused_with_a_reason(server: Server, since: str) -> None:
+    """A since no seq can reach closes the connection with 1008 naming the parameter (a number
+    past 64 bits used to reach SQLite and fail the handshake with a 500)."""
+    async with await connect(server.ws(f"/v3/resume6?api_key=demo&since={since}")) as client:
+        code, frames = await closed_with(client)
+    assert code == 1008
+    assert "since" in frames[0]

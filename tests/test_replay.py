@@ -85,6 +85,7 @@ async def test_step_and_seek(server: Server) -> None:
         ("POST", "/api/replays", {"channel": "steps", "speed": 3}, 400),
         ("POST", "/api/replays", {"channel": "a/b"}, 400),
         ("POST", "/api/replays", {"channel": "steps", "extra": 1}, 400),
+        ("POST", "/api/replays", b'{"channel": "steps", "start": 9223372036854775808}', 400),
         ("GET", "/api/replays/nope", None, 404),
         ("POST", "/api/replays/nope/play", None, 404),
     ],
