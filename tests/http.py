@@ -42,7 +42,8 @@ class Client:
             response = error
         raw = response.read()
         kind = response.headers.get("Content-Type", "")
-        parsed = orjson.loads(raw) if kind.startswith("application/json") else raw.decode()
+        parsed = (orjson.loads(raw) if kind.startswith("application/json")
+                  else raw if kind.startswith("image/") else raw.decode())
         return response.status, parsed, response.headers
 
 

@@ -138,6 +138,28 @@ def test_docs_are_served_from_the_markdown(server: Server) -> None:
     assert client.request("GET", "/docs/..%2Fapp")[0] == 404
 
 
+def test_docs_links_and_images_lead_somewhere(server: Server) -> None:
+    """The Markdown's relative links and images work on the served pages: every link between
+    them opens a page holding its anchor, and every image is served."""
+    client = Client(server.http)
+    pages = {path: client.request("GET", path)[1]
+             for path in ("/docs", "/docs/protocol", "/docs/operations", "/docs/widgets")}
+    links = {link for page in pages.values() for link in re.findall(r'href="([^"]*)"', page)}
+    assert not [link for link in links if ".md" in link]
+    for link in sorted(link for link in links if link.startswith("/docs")):
+        path, _, anchor = link.partition("#")
+        if path not in pages:
+            status, pages[path], _ = client.request("GET", path)
+            assert status == 200, link
+        assert not anchor or f'id="{anchor}"' in pages[path], link
+    images = re.findall(r'<img[^>]* src="([^"]*)"', pages["/docs"])
+    assert len(images) == 2
+    for image in images:
+        status, body, headers = client.request("GET", image)
+        assert status == 200 and headers["Content-Type"] == "image/png" and body[:4] == b"\x89PNG"
+    assert client.request("GET", "/docs/images/..%2F..%2FREADME.md")[0] == 404
+
+
 def test_sign_in_never_redirects_off_site(server: Server) -> None:
     """`next` may only name a page of this server."""
     for target, expected in [("https://evil.example/", "/playground"),
