@@ -91,15 +91,23 @@ async def search(channel: str) -> Response:
 
 @blueprint.post("/broadcasting/auth")
 async def broadcasting_auth() -> Response:
-    """Sign a user token for the demo app (PieSocket's SDK posts `channel_name`)."""
+    """Sign a user token: for the demo app, for anybody (PieSocket's SDK posts `channel_name`);
+    for the app another `X-Api-Key` names, for its owner only (the playground of a signed-in
+    app, whose viewers connect with that app's key)."""
     form = await request.form
     body = dict(form) if form else await json_body()
     fields = validated(AuthRequest(), body)
-    store = current_node().store
-    demo = await store.app_by_name("demo")
-    if demo is None:
+    demo = await current_node().store.app_by_name("demo")
+    key = request.headers.get("X-Api-Key")
+    if key and (demo is None or key != demo.key):
+        app = await app_from_secret()
+        if app.key != key:
+            raise HTTPError(403, ErrorCode.FORBIDDEN, "that api key is not the signed-in app's")
+    elif demo is None:
         raise HTTPError(404, ErrorCode.NOT_FOUND, "there is no demo app")
-    token = sign_token(demo.secret, fields["channel_name"], fields["username"])
+    else:
+        app = demo
+    token = sign_token(app.secret, fields["channel_name"], fields["username"])
     return json_response({"auth": token})
 
 

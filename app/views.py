@@ -40,11 +40,10 @@ async def index() -> WerkzeugResponse:
 
 @blueprint.get("/playground")
 async def playground() -> str:
-    node = current_node()
-    demo = await node.store.app_by_name("demo")
     app = await signed_in_app()
+    shown = app or await current_node().store.app_by_name("demo")  # signed in: the app's own
     config = _page_config(
-        apiKey=demo.key if demo else "", signedIn=app is not None, csrf=csrf_token(),
+        apiKey=shown.key if shown else "", signedIn=app is not None, csrf=csrf_token(),
         persistent=True,
     )
     return await render_template("playground.html", config=config,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from pages import Playground, fresh
 from playwright.sync_api import Page, expect
@@ -58,3 +60,36 @@ def test_save_needs_sign_in(page: Page, live: Server) -> None:
     response = page.request.get(f"{live.http}/api/widgets/{widget_id}",
                                 headers={"X-Api-Key": "demo"})
     assert response.status == 404
+
+
+def test_another_apps_playground_runs_and_saves_its_own_widgets(page: Page, live: Server) -> None:
+    """Signed in with another app's secret, the viewers connect with that app's key (their
+    tokens signed by it), and a saved widget is listed for that app and not for demo."""
+    name = fresh("quiz")
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--name", name, "--key", name,
+         "--data-dir", str(live.data_dir)], capture_output=True, text=True, check=True)
+    secret = next(line.split()[-1] for line in created.stdout.splitlines()
+                  if line.startswith("secret"))
+    page.goto(f"{live.http}/signin")
+    page.fill('input[name="secret"]', secret)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator(".account")).to_contain_text(f"signed in as {name}")
+
+    playground = Playground(page, live.http).pick("poll")
+    playground.widget("alice").get_by_role("button", name="Green").click()
+    expect(playground.widget("bob").locator('.row[data-vote="green"] .count')).to_have_text("1")
+    channels = page.request.get(f"{live.http}/api/channels").json()["channels"]  # the app's
+    assert [c["connections"] for c in channels if c["channel"] == playground.channel] == [2]
+    votes = page.request.post(f"{live.http}/api/channels/{playground.channel}/search",
+                              headers={"X-Api-Key": name}, data={}).json()
+    assert [vote["username"] for vote in votes["items"]] == ["alice"]
+    widget_id = fresh("poll")
+    page.fill("#widget-id", widget_id)
+    page.fill("#widget-name", "Quiz poll")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#notice")).to_have_text("Saved Quiz poll.")
+    page.reload()
+    expect(page.locator(f'#widget-list button[data-widget="{widget_id}"]')).to_have_count(1)
+    assert page.request.get(f"{live.http}/api/widgets/{widget_id}",
+                            headers={"X-Api-Key": "demo"}).status == 404

@@ -139,7 +139,7 @@
   function channel() { return $("channel").value.trim() || "playground"; }
 
   function tokenFor(name, channelName) {
-    return api("/broadcasting/auth", { method: "POST",
+    return api("/broadcasting/auth", { method: "POST", headers: { "X-CSRF-Token": page.csrf },
                                        body: { channel_name: channelName, username: name } })
       .then(function (body) { return body.auth; });
   }

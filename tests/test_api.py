@@ -89,6 +89,36 @@ def test_broadcasting_auth_signs_demo_tokens(server: Server) -> None:
     assert status == 400 and body["error"]["code"] == "invalid_request"
 
 
+def test_a_signed_in_apps_playground_is_that_apps(server: Server) -> None:
+    """Signed in to an app other than demo, the playground works with that app's key, and its
+    viewers' tokens are signed with that app's secret, for its owner only: before, the page
+    listed and connected to demo while Save wrote to the signed-in app."""
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "quiz", "--key",
+         "quiz-key", "--data-dir", str(server.data_dir)], capture_output=True, text=True,
+        check=True)
+    secret = next(line.split()[-1] for line in created.stdout.splitlines()
+                  if line.startswith("secret"))
+    stranger = Client(server.http)
+    asked = {"channel_name": "room", "username": "ann"}
+    assert stranger.request("POST", "/broadcasting/auth", asked,
+                            headers={"X-Api-Key": "quiz-key"})[0] == 401
+    owner = Client(server.http)
+    sign_in_with(owner, secret)
+    _, page, _ = owner.request("GET", "/playground")
+    config = re.search(r'"apiKey":"([^"]*)".*"csrf":"([^"]+)"', page)
+    assert config is not None and config.group(1) == "quiz-key"
+    assert owner.request("POST", "/broadcasting/auth", asked,
+                         headers={"X-Api-Key": "quiz-key"})[0] == 403  # no CSRF token
+    status, body, _ = owner.request(
+        "POST", "/broadcasting/auth", asked,
+        headers={"X-Api-Key": "quiz-key", "X-CSRF-Token": config.group(2)})
+    assert status == 200
+    assert jwt.decode(body["auth"], secret, algorithms=["HS256"])["username"] == "ann"
+    _, body, _ = owner.request("POST", "/broadcasting/auth", asked)  # no key: demo, as before
+    assert jwt.decode(body["auth"], server.secret, algorithms=["HS256"])["username"] == "ann"
+
+
 def test_sign_in_with_one_time_link_then_save_with_csrf(server: Server) -> None:
     """The banner's link signs in once; cookie writes need the page's CSRF token."""
     token = re.search(r"/signin\?token=(\S+)", server.log())
