@@ -174,6 +174,29 @@ def test_throwing_widget_is_reported_and_others_keep_working(page: Page, live: S
         expect(playground.card(name)).not_to_have_class(re.compile(r"\bhas-error\b"))
 
 
+def test_an_invalid_channel_is_refused_and_said(page: Page, live: Server) -> None:
+    """A channel id the server would refuse is named as such, and the viewers keep running on
+    their channel; reloaded with it anyway, each viewer says why it did not start (it used to
+    stay on "loading" with an uncaught error)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    playground = Playground(page, live.http).open("chat")
+    field = page.locator("#channel")
+    field.fill("bad channel!")
+    field.blur()
+    expect(page.locator("#notice")).to_have_text(
+        "A channel id is 1 to 64 letters, digits, '_' or '-'.")
+    expect(page.locator("#notice")).to_have_class("error")
+    for name in ("alice", "bob"):
+        expect(playground.status(name)).to_have_text("open")
+    page.get_by_role("button", name="▶ Run / reload all").click()
+    for name in ("alice", "bob"):
+        expect(playground.status(name)).to_have_text("error")
+        expect(playground.console(name).locator("li.error")).to_contain_text(
+            ["not started: channel_name"])
+    assert errors == []
+
+
 SNOOP_HTML = '<p id="cookie"></p><p id="parent"></p><p id="storage"></p>\n'
 SNOOP_JS = """function attempt(id, read) {
   var got;

@@ -182,6 +182,10 @@
       viewer.frame = window.c8wsViewer.createViewerFrame(source, config, origin);
       viewer.frame.dataset.viewer = viewer.name;
       viewer.body.insertBefore(viewer.frame, viewer.body.firstChild);
+    }).catch(function (error) {
+      if (mount !== viewer.mount) return;
+      setStatus(viewer, "error");
+      logLine(viewer, "error", "\u2716 not started: " + error.message);
     });
   }
 
@@ -346,6 +350,10 @@
   });
   $("channel").addEventListener("change", function () {
     $("channel").dataset.touched = "1";
+    if (!$("channel").checkValidity()) {  // the viewers stay where they are
+      notice("A channel id is 1 to 64 letters, digits, '_' or '-'.", true);
+      return;
+    }
     reloadAll();
   });
   $("persistent").addEventListener("change", reloadAll);
