@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from marshmallow import ValidationError
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 
 from app.access import HTTPError, app_from_key, app_from_secret, current_node
 from app.auth import sign_token
@@ -38,6 +38,13 @@ async def not_found(_error: Exception) -> Response:
 async def method_not_allowed(_error: Exception) -> Response:
     return await http_error(HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED,
                                       "that method is not allowed here"))
+
+
+@blueprint.app_errorhandler(413)
+async def body_too_large(_error: Exception) -> Response:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return await http_error(HTTPError(413, ErrorCode.TOO_LARGE,
+                                      f"request body too large: the limit is {limit} bytes"))
 
 
 def checked_channel(channel: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jwt
+import orjson
 import pytest
 
 from tests.http import Client
@@ -287,3 +289,15 @@ def test_unknown_routes_and_methods_answer_json(server: Server) -> None:
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body, _ = client.request("DELETE", "/healthz")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
+    # A body past the limit is refused on its Content-Length, before it is sent.
+    connection = http.client.HTTPConnection(server.http.removeprefix("http://"), timeout=10)
+    connection.putrequest("POST", "/api/channels/x/search")
+    connection.putheader("X-Api-Key", "demo")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(17 << 20))
+    connection.endheaders()
+    response = connection.getresponse()
+    body = orjson.loads(response.read())
+    connection.close()
+    assert response.status == 413 and body["error"]["code"] == "too_large"
+    assert "16777216 bytes" in body["error"]["message"]
