@@ -25,6 +25,7 @@ from app.schemas import CHANNEL_PATTERN
 from app.widgets import find_widget
 
 blueprint = Blueprint("views", __name__)
+blueprint.add_app_template_global(csrf_token)  # for the sign-out form on every page
 
 
 def _page_config(**extra: Any) -> str:

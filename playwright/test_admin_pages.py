@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import jwt
+import pytest
 from pages import README_IMAGES, fresh
 from playwright.sync_api import Page, expect
 from websockets.exceptions import ConnectionClosed
@@ -91,14 +92,17 @@ def test_connections_view_as_the_readme_shows_it(page: Page, live: Server) -> No
 
 
 def test_disconnect_from_the_page_closes_with_4000(page: Page, live: Server) -> None:
-    """The Disconnect button closes that member with 4000 "disconnected by an operator"."""
+    """The Disconnect button closes that member with 4000 "disconnected by an operator", and
+    says it did."""
     sign_in(page, live, "/connections")
     channel = fresh("kick")
     with member(live, channel) as client:
         client.recv(timeout=5 * UNIT)  # welcome
         row = page.locator(f'tr.channel[data-channel="{channel}"]')
         row.get_by_role("button").first.click()
-        page.locator("tr.members:visible").get_by_role("button", name="Disconnect").click()
+        members = page.locator("tr.members:visible")
+        members.get_by_role("button", name="Disconnect").click()
+        expect(members.get_by_role("button", name="Disconnected")).to_be_disabled()
         code = None
         try:
             while True:
@@ -144,3 +148,14 @@ def test_history_filters_groups_and_exports(page: Page, live: Server) -> None:
     expect(rows).to_have_count(3)
     expect(rows.first).to_contain_text('"yes"3')
     assert page.evaluate("window.__xss") is None
+
+
+@pytest.mark.parametrize("target", ["/connections", "/history/anything"])
+def test_every_signed_in_page_signs_out(page: Page, live: Server, target: str) -> None:
+    """The operator pages have the playground's Sign out too; after it they ask to sign in."""
+    sign_in(page, live, target)
+    expect(page.locator(".account")).to_contain_text("signed in as demo")
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator(".account")).to_have_text("Sign in to save widgets")
+    page.goto(f"{live.http}{target}")
+    expect(page).to_have_url(re.compile(r"/signin\?next="))

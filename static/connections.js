@@ -6,6 +6,7 @@
 
   var page = window.ADMIN;
   var SAMPLES = 600; // 5 minutes of 0.5 s ticks
+  var RELIST_MS = 1500; // after a disconnect, long enough for a client to have come back
   var channels = {};  // name -> {row, detail, rates, last, expanded, connections}
   var body = document.querySelector("#channels tbody");
 
@@ -56,8 +57,13 @@
         button.type = "button";
         button.textContent = "Disconnect";
         button.addEventListener("click", function () {
+          button.disabled = true;
           api("/api/channels/" + encodeURIComponent(name) + "/members/" +
-              encodeURIComponent(m.client_id) + "/disconnect", "POST");
+              encodeURIComponent(m.client_id) + "/disconnect", "POST").then(function (result) {
+            button.textContent = result.disconnected ? "Disconnected" : "Already gone";
+            // Closed with 4000, a client may come back at once: show who is there now.
+            setTimeout(function () { if (channel.expanded) renderMembers(name); }, RELIST_MS);
+          });
         });
         action.appendChild(button);
         row.appendChild(action);

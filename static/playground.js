@@ -370,8 +370,6 @@
     controlReplay("seek", { position: Number($("replay-timeline").value) });
   });
   $("remove-viewer").addEventListener("click", removeViewer);
-  var signout = $("signout-csrf");
-  if (signout) signout.value = page.csrf;
 
   var wanted = (location.hash.match(/widget=([a-z0-9-]+)/) || [])[1];
   loadList().then(function (body) {
