@@ -197,6 +197,27 @@ def test_an_invalid_channel_is_refused_and_said(page: Page, live: Server) -> Non
     assert errors == []
 
 
+def test_new_widget_and_share_link_follow_the_page(page: Page, live: Server) -> None:
+    """"+ New widget" leaves the sample behind (its own channel, no sample selected, no
+    #widget in the URL); Save without an id says what is missing; the share link names the key
+    and follows the channel."""
+    page.goto(f"{live.http}/playground#widget=chat")  # on the sample's own channel
+    expect(page.locator("#channel")).to_have_value("chat")
+    page.get_by_role("button", name="Share embed link").click()
+    expect(page.locator("#share-url")).to_have_value(
+        f"{live.http}/embed/chat?api_key=demo&channel=chat")
+    page.get_by_role("button", name="+ New widget").click()
+    expect(page.locator("#channel")).to_have_value("my-widget")
+    expect(page.locator("#widget-list button.current")).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/playground$"))
+    expect(page.locator("#share-url")).to_have_value(
+        f"{live.http}/embed/my-widget?api_key=demo&channel=my-widget")
+    page.fill("#widget-id", "")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#notice")).to_have_text(
+        "Give the widget an id first: lowercase letters, digits and '-'.")
+
+
 SNOOP_HTML = '<p id="cookie"></p><p id="parent"></p><p id="storage"></p>\n'
 SNOOP_JS = """function attempt(id, read) {
   var got;

@@ -82,6 +82,7 @@
       if (!$("channel").dataset.touched) $("channel").value = widget.id;
       history.replaceState(null, "", "#widget=" + encodeURIComponent(widget.id));
       loadList();
+      updateShare();
       reloadAll();
     });
   }
@@ -93,6 +94,10 @@
 
   function save() {
     var id = $("widget-id").value.trim();
+    if (!id) {
+      notice("Give the widget an id first: lowercase letters, digits and '-'.", true);
+      return Promise.resolve();
+    }
     var body = Object.assign({ name: $("widget-name").value.trim() || id }, currentSource());
     return api("/api/widgets/" + encodeURIComponent(id),
                { method: "PUT", body: body, headers: { "X-CSRF-Token": page.csrf } })
@@ -119,17 +124,27 @@
     editors.html.setValue(state.widget.html);
     editors.css.setValue(state.widget.css);
     editors.js.setValue(state.widget.js);
+    // A new widget starts afresh: its own channel (unless one was typed), no sample selected.
+    if (!$("channel").dataset.touched) $("channel").value = state.widget.id;
+    history.replaceState(null, "", location.pathname);
+    loadList();
+    updateShare();
     reloadAll();
   }
 
-  function share() {
-    var id = $("widget-id").value.trim();
-    var url = origin + "/embed/" + encodeURIComponent(id) + "?channel=" +
-              encodeURIComponent(channel());
+  function updateShare() {
+    if ($("share-box").hidden) return;
+    var url = origin + "/embed/" + encodeURIComponent($("widget-id").value.trim()) +
+              "?api_key=" + encodeURIComponent(page.apiKey) +
+              "&channel=" + encodeURIComponent(channel());
     $("share-url").value = url;
     $("share-snippet").textContent =
       "<iframe src=\"" + url + "&user=NAME\" width=\"400\" height=\"300\"></iframe>";
+  }
+
+  function share() {
     $("share-box").hidden = false;
+    updateShare();
     $("share-url").select();
     notice("Embed link ready; save first so it shows your edits.");
   }
@@ -354,12 +369,14 @@
       notice("A channel id is 1 to 64 letters, digits, '_' or '-'.", true);
       return;
     }
+    updateShare();
     reloadAll();
   });
   $("persistent").addEventListener("change", reloadAll);
   $("run").addEventListener("click", reloadAll);
   $("save").addEventListener("click", save);
   $("share").addEventListener("click", share);
+  $("widget-id").addEventListener("input", updateShare);
   $("new-widget").addEventListener("click", newWidget);
   $("add-viewer").addEventListener("click", function () { addViewer(); });
   $("replay-start").addEventListener("click", startReplay);
