@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from quart import Quart
+from quart import Quart, Response, request
 
 from app.broker import create_broker
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings, load_settings
@@ -108,6 +108,15 @@ def create_app(
     app.extensions["c8ws.settings"] = settings
     app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SECURE=settings.certfile is not None)
+
+    @app.after_request
+    async def share_static_files(response: Response) -> Response:
+        """Static files are public: CORS lets the shim be loaded with `crossorigin` by other
+        sites and by the playground's sandboxed viewers, whose pages then see the shim's
+        errors and unhandled rejections (a failed search) instead of their being muted."""
+        if request.endpoint == "static":
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
 
     @app.before_serving
     async def open_node() -> None:

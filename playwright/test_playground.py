@@ -218,6 +218,18 @@ def test_new_widget_and_share_link_follow_the_page(page: Page, live: Server) -> 
         "Give the widget an id first: lowercase letters, digits and '-'.")
 
 
+def test_a_search_failing_unheeded_shows_in_the_console(page: Page, live: Server) -> None:
+    """A widget's search that fails with no .catch is an unhandled rejection the viewer's
+    console shows (the shim is loaded with CORS: a cross-origin script's rejections are muted)."""
+    playground = Playground(page, live.http).open("chat")
+    playground.set_code("js", "var ws = new c8PlayerApi.webSocket({persistent: true});\n"
+                        'ws.onOpen = function () { ws.search({sortField: "data..x"}); };\n')
+    playground.reload_all()
+    for name in ("alice", "bob"):
+        expect(playground.console(name).locator("li.error")).to_contain_text(
+            ["Unhandled rejection: Error: sortField: unknown field 'data..x'"])
+
+
 SNOOP_HTML = '<p id="cookie"></p><p id="parent"></p><p id="storage"></p>\n'
 SNOOP_JS = """function attempt(id, read) {
   var got;

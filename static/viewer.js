@@ -15,9 +15,10 @@
       "<!doctype html><html><head><meta charset=\"utf-8\">",
       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
       "<style>", scriptSafe(widget.css || ""), "</style>",
-      "<script src=\"", origin, "/static/viewer-harness.js\"></script>",
+      // Loaded with CORS: a cross-origin script's errors and rejections would be muted.
+      "<script src=\"", origin, "/static/viewer-harness.js\" crossorigin></script>",
       "<script>window.C8WS = ", json, ";</script>",
-      "<script src=\"", origin, "/static/c8-player-api.js\"></script>",
+      "<script src=\"", origin, "/static/c8-player-api.js\" crossorigin></script>",
       "</head><body>", widget.html || "",
       "<script>", scriptSafe(widget.js || ""), "\n</script>",
       "</body></html>"
