@@ -141,6 +141,13 @@ def test_history_filters_groups_and_exports(page: Page, live: Server) -> None:
         page.locator("#export-ndjson").click()
     lines = Path(download.value.path()).read_text(encoding="utf-8").strip().splitlines()
     assert [json.loads(line)["data"]["vote"] for line in lines] == ["yes", "yes", "yes"]
+    page.fill("#sort-field", "data..vote")  # refused: the error, and nothing of the last page
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("#error")).to_contain_text("unknown field 'data..vote'")
+    expect(page.locator("#records tbody tr")).to_have_count(0)
+    expect(page.locator("#summary")).to_have_text("")
+    expect(page.locator("#next")).to_be_disabled()
+    page.fill("#sort-field", "created")
     page.locator(".filter button").click()
     page.fill("#group-by", "data.vote")
     page.get_by_role("button", name="Chart").click()

@@ -96,7 +96,12 @@
         $("prev").disabled = offset === 0;
         $("next").disabled = last >= result.total;
       })
-      .catch(function (error) { $("error").textContent = error.message; });
+      .catch(function (error) {  // no rows or paging left over from the search before
+        document.querySelector("#records tbody").textContent = "";
+        $("summary").textContent = "";
+        $("prev").disabled = $("next").disabled = true;
+        $("error").textContent = error.message;
+      });
   }
 
   function chart() {
