@@ -192,6 +192,20 @@ def test_docs_links_and_images_lead_somewhere(server: Server) -> None:
     assert client.request("GET", "/docs/images/..%2F..%2FREADME.md")[0] == 404
 
 
+def test_pages_name_an_icon_that_is_served(server: Server) -> None:
+    """Pages link their icon, so browsers do not ask for a /favicon.ico that is not there; the
+    shim is readable from any origin (viewers and other sites load it with `crossorigin`)."""
+    client = Client(server.http)
+    for path in ("/playground", "/docs", "/signin"):
+        _, page, _ = client.request("GET", path)
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', page)
+        assert icon is not None, path
+        status, _, headers = client.request("GET", icon.group(1))
+        assert status == 200 and headers["Content-Type"].startswith("image/svg+xml")
+    _, _, headers = client.request("GET", "/static/c8-player-api.js")
+    assert headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_sign_in_never_redirects_off_site(server: Server) -> None:
     """`next` may only name a page of this server."""
     for target, expected in [("https://evil.example/", "/playground"),
