@@ -230,6 +230,17 @@ def test_a_search_failing_unheeded_shows_in_the_console(page: Page, live: Server
             ["Unhandled rejection: Error: sortField: unknown field 'data..x'"])
 
 
+def test_a_phone_sized_window_needs_no_sideways_scrolling(page: Page, live: Server) -> None:
+    """At 420 px wide the playground and the docs fit their width: panes stack, tables and code
+    scroll inside themselves."""
+    page.set_viewport_size({"width": 420, "height": 900})
+    Playground(page, live.http).open("chat")
+    for path in (None, "/docs/protocol", "/docs"):
+        if path is not None:
+            page.goto(f"{live.http}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 420, path
+
+
 SNOOP_HTML = '<p id="cookie"></p><p id="parent"></p><p id="storage"></p>\n'
 SNOOP_JS = """function attempt(id, read) {
   var got;
