@@ -62,7 +62,9 @@
               encodeURIComponent(m.client_id) + "/disconnect", "POST").then(function (result) {
             button.textContent = result.disconnected ? "Disconnected" : "Already gone";
             // Closed with 4000, a client may come back at once: show who is there now.
-            setTimeout(function () { if (channel.expanded) renderMembers(name); }, RELIST_MS);
+            setTimeout(function () {
+              if (channels[name] === channel && channel.expanded) renderMembers(name);
+            }, RELIST_MS);
           });
         });
         action.appendChild(button);
