@@ -52,8 +52,16 @@ async def playground() -> str:
 
 
 @blueprint.get("/embed/<widget_id>")
-async def embed(widget_id: str) -> str:
-    """One widget alone, for another page's iframe; `channel` and `user` from the query."""
+async def embed(widget_id: str) -> str | tuple[str, int]:
+    """One widget alone, for another page's iframe; `channel` and `user` from the query.
+    Errors are a line of text in that iframe, not the API's JSON."""
+    try:
+        return await _embedded(widget_id)
+    except HTTPError as error:
+        return await render_template("embed_error.html", message=error.message), error.status
+
+
+async def _embedded(widget_id: str) -> str:
     node = current_node()
     key = request.args.get("api_key", node.settings.demo_key)
     app = await node.app_by_key(key)

@@ -228,7 +228,11 @@ def test_embed_tokens_only_for_the_demo_app(server: Server) -> None:
     assert '"token"' in page
     _, page, _ = client.request("GET", "/embed/chat?channel=private-room&user=admin")
     assert '"token"' not in page
-    assert client.request("GET", "/embed/chat?channel=a%2Fb")[0] == 400
+    status, page, headers = client.request("GET", "/embed/chat?channel=a%2Fb")
+    assert status == 400 and headers["Content-Type"].startswith("text/html")
+    assert "This widget cannot be shown: invalid channel id." in page  # inside an iframe
+    status, page, _ = client.request("GET", "/embed/nope?channel=room")
+    assert status == 404 and "no widget &#39;nope&#39;" in page
     created = subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "create", "--name", "embedder", "--key",
          "embedder-key", "--data-dir", str(server.data_dir)], capture_output=True, check=True)
