@@ -96,7 +96,10 @@ def test_poll_counts_from_three_viewers(page: Page, live: Server) -> None:
 
 
 def test_reconnected_chat_viewer_shows_missed_messages_once(page: Page, live: Server) -> None:
-    """A chat viewer disconnected and reconnected shows each message published meanwhile once."""
+    """A chat viewer disconnected and reconnected shows each message published meanwhile once;
+    the browser's log of its failed attempts meanwhile does not show its token."""
+    logged: list[str] = []
+    page.on("console", lambda message: logged.append(message.text))
     playground = Playground(page, live.http).open("chat")
     alice, bob = playground.widget("alice"), playground.widget("bob")
     before, missed, after = fresh("before"), [fresh("missed"), fresh("missed")], fresh("after")
@@ -118,6 +121,8 @@ def test_reconnected_chat_viewer_shows_missed_messages_once(page: Page, live: Se
     expect(alice.locator("#messages li")).to_have_text(
         [f"bob{before}", f"bob{missed[0]}", f"bob{missed[1]}", f"alice{after}"])
     expect(bob.locator("#online")).to_have_text("2 online")
+    assert any("127.0.0.1:9/" in text for text in logged)
+    assert not [text for text in logged if "jwt=" in text]
 
 
 def test_reconnected_viewer_recovers_non_persistent_messages_once(page: Page, live: Server) -> None:

@@ -38,8 +38,9 @@
   var offline = false;
 
   function unreachable(url) {
-    // While "disconnected", new sockets go to a closed port so they fail at once.
-    return String(url).replace(/^(wss?:\/\/)[^/]+/, "$1127.0.0.1:9");
+    // While "disconnected", new sockets go to a closed port so they fail at once; without the
+    // query, so the browser's own log of each failure does not show the user's token.
+    return String(url).replace(/^(wss?:\/\/)[^/]+([^?#]*).*$/, "$1127.0.0.1:9$2");
   }
 
   function HarnessedWebSocket(url, protocols) {
