@@ -214,6 +214,10 @@ async def _keys(args: argparse.Namespace) -> None:
     await store.open()
     try:
         if args.keys_command == "create":
+            if await store.app_by_name(args.name) is not None:
+                raise ConfigError(f"--name: an app called {args.name!r} exists already")
+            if args.key and await store.app_by_key(args.key) is not None:
+                raise ConfigError(f"--key: another app has the api key {args.key!r}")
             app = await store.create_app(args.name, args.key or secrets.token_hex(10),
                                          secrets.token_urlsafe(24))
             print(f"name:   {app.name}\napi key: {app.key}\nsecret: {app.secret}")

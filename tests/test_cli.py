@@ -56,7 +56,13 @@ def test_keys_create_and_list(tmp_path: Path) -> None:
          "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
     )
     assert again.returncode == 2
-    assert "exists already" in again.stderr
+    assert "an app called 'quiz' exists already" in again.stderr
+    taken = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--name", "other", "--key", key,
+         "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
+    )
+    assert taken.returncode == 2
+    assert f"another app has the api key {key!r}" in taken.stderr
 
 
 def test_serving_process_settles_its_heap() -> None:
