@@ -121,9 +121,13 @@ def create_app(
     @app.before_serving
     async def open_node() -> None:
         await store.open()
-        demo = await ensure_demo_app(store, settings)
-        app.secret_key = session_key(settings)
-        await node.start()
+        try:
+            demo = await ensure_demo_app(store, settings)
+            app.secret_key = session_key(settings)
+            await node.start()
+        except BaseException:
+            await store.close()  # its threads would keep a process that failed to start alive
+            raise
         print(banner(settings, demo, node.new_signin_token(demo.name)), flush=True)
 
     @app.after_serving

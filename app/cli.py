@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.config import MIB, env_name, load_settings
+from app.broker import create_broker
+from app.broker.base import BrokerError
+from app.config import MIB, Settings, env_name, load_settings
 from app.devcert import write_dev_cert
 from app.errors import ConfigError, StoreError
 from app.limits import OVERRIDABLE, parse_override
@@ -103,6 +105,7 @@ def serve(args: argparse.Namespace) -> None:
     except OSError as error:
         raise ConfigError(f"C8WS_PORT: cannot listen on {settings.host}:{settings.port}: "
                           f"{error.strerror}") from None
+    asyncio.run(reach_engines(settings))
     sock.set_inheritable(True)
     keep_alive(sock)
     overrides["port"] = sock.getsockname()[1]
@@ -134,6 +137,22 @@ def serve(args: argparse.Namespace) -> None:
         await node.drain()
 
     asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
+
+
+async def reach_engines(settings: Settings) -> None:
+    """Open the store (applying its migrations) and start the broker once, then let both go:
+    an engine that cannot be reached stops `serve` with one line before it serves, and the
+    workers of `serve --workers N` find the migrations done."""
+    store = create_store(settings.store_url)
+    await store.open()
+    try:
+        broker = create_broker(settings.broker_url)
+        await broker.start(lambda record: None, lambda key: store.last_seq(*key))
+        await broker.close()
+    except BrokerError as error:
+        raise ConfigError(f"C8WS_BROKER_URL: {error}") from None
+    finally:
+        await store.close()
 
 
 def keep_alive(sock: socket.socket) -> None:

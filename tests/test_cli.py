@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from app import create_app
+from app.broker.base import BrokerError
+from tests.broker.conftest import free_port
 from tests.live import Server
 
 
@@ -79,3 +87,27 @@ def test_serving_process_settles_its_heap() -> None:
     assert frozen > 10_000  # the modules, the app and its routes
     assert (young, middle, full) == (young_before, middle_before, wanted_full)
     assert full > 10
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unreachable_broker_stops_serve_with_one_line(tmp_path: Path, workers: str) -> None:
+    """`serve` reaches its engines before it serves: Redis not there is one line and status 2
+    (it used to log two tracebacks and hang, still listening, with the SQLite store)."""
+    env = {**os.environ, "C8WS_DATA_DIR": str(tmp_path), "C8WS_PORT": "0",
+           "C8WS_WORKERS": workers, "C8WS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    failed = subprocess.run([sys.executable, "-m", "app.cli", "serve"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("c8ws: error: C8WS_BROKER_URL: cannot reach Redis")
+    assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stdout
+
+
+def test_a_failed_start_lets_the_store_go(tmp_path: Path) -> None:
+    """When starting fails after the store opened (here the broker), the store is closed: its
+    threads would keep the process alive."""
+    app = create_app({"data_dir": tmp_path},
+                     {"C8WS_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    before = threading.active_count()
+    with pytest.raises(BrokerError):
+        asyncio.run(app.startup())
+    assert threading.active_count() == before
