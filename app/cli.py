@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import gc
 import logging
+import multiprocessing
 import os
 import secrets
 import signal
 import socket
 import sys
 from collections.abc import Sequence
+from multiprocessing.connection import wait
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_PROBES = 6
 KEEPALIVE_TIMEOUT = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES  # seconds
+STOP_POLL = 0.1  # seconds between a worker's looks at its parent's stop event
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +99,6 @@ def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]
 
 
 def serve(args: argparse.Namespace) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
     overrides = _overrides(args, ("host", "port", "data_dir", "certfile", "keyfile", "workers"))
@@ -124,19 +127,8 @@ def serve(args: argparse.Namespace) -> None:
         config.keyfile = str(settings.keyfile)
     if settings.workers > 1:
         serve_workers(config, settings.workers, overrides)
-        return
-    app = serving_app(overrides)
-    node: Node = app.extensions["c8ws.node"]
-
-    async def shutdown_trigger() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await node.drain()
-
-    asyncio.run(hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger))
+    else:
+        run_server(config, overrides)
 
 
 async def reach_engines(settings: Settings) -> None:
@@ -190,17 +182,57 @@ def serving_app(overrides: dict[str, Any] | None = None) -> Any:
     return app
 
 
+def run_server(config: Any, overrides: dict[str, Any] | None = None,
+               stop: EventType | None = None, sockets: Any = None) -> None:
+    """Serve in this process until SIGINT or SIGTERM, or until `stop` is set (by the parent of
+    workers); then close the members with 1001 and wait for them, before Hypercorn's grace
+    period, in which nothing would close them (it cancels them after it, 1011)."""
+    from hypercorn.asyncio.run import worker_serve
+    from hypercorn.utils import wrap_app
+
+    app = serving_app(overrides)
+    node: Node = app.extensions["c8ws.node"]
+
+    async def shutdown_trigger() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        while not stopping.is_set() and not (stop is not None and stop.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), STOP_POLL)
+        await node.drain()
+
+    asyncio.run(worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config,
+                             sockets=sockets, shutdown_trigger=shutdown_trigger))
+
+
 def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
     """Several processes on one socket: each builds the app from the environment (the flags are
-    passed on as C8WS_* variables) and they meet through the redis broker."""
-    from hypercorn.run import run
-
+    passed on as C8WS_* variables) and they meet through the redis broker. SIGINT or SIGTERM
+    here stops them all gracefully; a worker that ends by itself ends the others too."""
     for name, value in overrides.items():
         if value is not None:
             os.environ[env_name(name)] = str(value)
-    config.application_path = "app.cli:serving_app()"
-    config.workers = workers
-    sys.exit(run(config))
+    sockets = config.create_sockets()
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    processes = [context.Process(target=run_server, args=(config, None, stop, sockets),
+                                 name=f"c8ws-worker-{number}") for number in range(workers)]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    for process in processes:
+        process.start()
+    exitcode = 0
+    running = list(processes)
+    while running:
+        wait([process.sentinel for process in running])
+        for process in [process for process in running if process.exitcode is not None]:
+            running.remove(process)
+            if not stop.is_set():
+                exitcode = process.exitcode or 1
+                stop.set()
+    sys.exit(exitcode)
 
 
 async def _transfer(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from websockets.asyncio.client import ClientConnection
 
 from tests.broker.conftest import RedisServer
 from tests.http import Client
-from tests.live import UNIT, Server, connect, recv, recv_json, recv_kind
+from tests.live import UNIT, Server, closed_with, connect, recv, recv_json, recv_kind
 
 pytestmark = pytest.mark.asyncio
 
@@ -121,6 +122,22 @@ async def test_two_workers_serve_one_port(redis_server: RedisServer,
     finally:
         for client in clients:
             await client.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_workers_close_their_members_with_1001_when_stopped(
+        redis_server: RedisServer, make_server: Callable[..., Server], sig: int) -> None:
+    """SIGTERM or SIGINT to `serve --workers 2` closes the members of every worker with 1001,
+    as one process does, and it exits cleanly (Hypercorn's own workers cut them off with 1011
+    after the grace period, logging a trace per socket)."""
+    live = make_server({"C8WS_BROKER_URL": redis_server.url, "C8WS_WORKERS": "2"})
+    clients = [await connect(live.ws("/v3/leaving?api_key=demo")) for _ in range(6)]
+    assert await status(clients[0]) == {"system": {"connection_count": 6}}
+    stopped = asyncio.create_task(asyncio.to_thread(live.stop, sig))
+    codes = [(await closed_with(client, 10))[0] for client in clients]
+    assert codes == [1001] * 6
+    assert await stopped == 0
+    assert "Traceback" not in live.log()
 
 
 async def test_presence_spans_nodes_and_heals_after_a_kill(nodes: tuple[Server, Server]) -> None:
