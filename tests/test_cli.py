@@ -15,6 +15,7 @@ import pytest
 from app import create_app
 from app.broker.base import BrokerError
 from tests.broker.conftest import free_port
+from tests.http import Client
 from tests.live import Server
 
 
@@ -47,10 +48,16 @@ def test_demo_secret_is_kept_across_restarts_and_overridable(
     assert third.secret == "s3cret-from-env"
 
 
-def test_demo_key_is_configurable(make_server: Callable[..., Server]) -> None:
-    """C8WS_DEMO_KEY names the demo app's key at first start."""
-    live = make_server({"C8WS_DEMO_KEY": "widgets"})
+def test_demo_key_is_configurable(make_server: Callable[..., Server], tmp_path: Path) -> None:
+    """C8WS_DEMO_KEY names the demo app's key at first start; changed later, it changes nothing
+    (an /embed without a key is still the demo app's)."""
+    live = make_server({"C8WS_DEMO_KEY": "widgets"}, data_dir=tmp_path)
     assert "demo api key: widgets" in live.log()
+    live.stop()
+    again = make_server({"C8WS_DEMO_KEY": "another"}, data_dir=tmp_path)
+    assert "demo api key: widgets" in again.log()
+    status, page, _ = Client(again.http).request("GET", "/embed/poll?channel=poll1")
+    assert status == 200 and '"apiKey":"widgets"' in page
 
 
 def test_keys_create_and_list(tmp_path: Path) -> None:
