@@ -20,6 +20,7 @@ from app.errors import StoreError
 from app.metrics import NodeCollector, StoreMetrics
 from app.node import Node
 from app.replay import Replays
+from app.signin_links import SigninLinks
 from app.store import create_store
 from app.store.base import App, Store
 
@@ -128,7 +129,8 @@ def create_app(
         except BaseException:
             await store.close()  # its threads would keep a process that failed to start alive
             raise
-        print(banner(settings, demo, node.new_signin_token(demo.name)), flush=True)
+        links = app.extensions["c8ws.signin_links"] = SigninLinks(app.secret_key)
+        print(banner(settings, demo, links.new(demo.name)), flush=True)
 
     @app.after_serving
     async def close_node() -> None:

@@ -119,7 +119,6 @@ class Node:
         self.stats = NodeStats()
         self.channel_messages: Counter[ChannelKey] = Counter()  # delivered here, per channel
         self.presence = broker.presence(settings.presence_grace, self._announce)
-        self._signin_tokens: dict[str, str] = {}
         # per app, for REST publishes: the (rate, burst) each was made for, and the bucket
         self._http_buckets: dict[str, tuple[tuple[float, int], TokenBucket]] = {}
         self.draining = asyncio.Event()  # set at shutdown: streams end, members are closed
@@ -201,15 +200,6 @@ class Node:
         self._per_app[app] += 1
         if member.remote:
             self._per_ip[member.remote] += 1
-
-    def new_signin_token(self, app_name: str) -> str:
-        """A one-time token that signs a browser in as `app_name` (printed at start-up)."""
-        token = secrets.token_urlsafe(24)
-        self._signin_tokens[token] = app_name
-        return token
-
-    def consume_signin_token(self, token: str) -> str | None:
-        return self._signin_tokens.pop(token, None)
 
     # members ------------------------------------------------------------------------------------
 

@@ -6,7 +6,16 @@ import secrets
 from typing import Any
 
 import orjson
-from quart import Blueprint, Response, redirect, render_template, request, session, url_for
+from quart import (
+    Blueprint,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from app.access import (
@@ -22,6 +31,7 @@ from app.access import (
 from app.auth import PRIVATE_PREFIX, sign_token
 from app.errors import ErrorCode
 from app.schemas import CHANNEL_PATTERN
+from app.signin_links import SigninLinks
 from app.widgets import find_widget
 
 blueprint = Blueprint("views", __name__)
@@ -119,14 +129,15 @@ async def signin_form() -> WerkzeugResponse | str:
     """A one-time token from the start-up banner signs in at once; otherwise the form."""
     token = request.args.get("token")
     if token:
-        app = current_node().consume_signin_token(token)
+        links: SigninLinks = current_app.extensions["c8ws.signin_links"]
+        name = links.take(token)
+        app = None if name is None else await current_node().store.app_by_name(name)
         if app is not None:
-            demo = await current_node().store.app_by_name(app)
-            if demo is not None:
-                sign_in(demo)
-                return redirect(url_for("views.playground"))
-        return await render_template("signin.html", error="That sign-in link was already used.",
-                                     csrf=csrf_token())
+            sign_in(app)
+            return redirect(url_for("views.playground"))
+        return await render_template(
+            "signin.html", error="That sign-in link was used already, or is too old.",
+            csrf=csrf_token())
     return await render_template("signin.html", error=signed_out_notice(), csrf=csrf_token())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -122,6 +123,13 @@ async def test_two_workers_serve_one_port(redis_server: RedisServer,
     finally:
         for client in clients:
             await client.close()
+    # Each worker printed a sign-in link; either worker takes either (it is signed).
+    deadline = time.monotonic() + 10 * UNIT
+    while len(links := re.findall(r"/signin\?token=(\S+)", live.log())) < 2:
+        assert time.monotonic() < deadline, live.log()
+        await asyncio.sleep(0.05)
+    for link in links:
+        assert Client(live.http).request("GET", f"/signin?token={link}")[0] == 302
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
