@@ -52,8 +52,11 @@ def parse_override(name: str, raw: str) -> Any:
         return [origin.strip() for origin in raw.split(",") if origin.strip()]
     if name not in OVERRIDABLE:
         raise ConfigError(f"unknown limit {name!r}; choose from {', '.join(OVERRIDABLE)}")
-    return non_negative(f"--{name.replace('_', '-')}", raw,
-                        float if name == "msg_rate" else int)
+    flag = f"--{name.replace('_', '-')}"
+    value = non_negative(flag, raw, float if name == "msg_rate" else int)
+    if name == "max_frame_bytes" and value < 1:  # as C8WS_MAX_FRAME_BYTES: no frame would pass
+        raise ConfigError(f"{flag} must be at least 1")
+    return value
 
 
 class TokenBucket:

@@ -60,6 +60,19 @@ def test_demo_key_is_configurable(make_server: Callable[..., Server], tmp_path: 
     assert status == 200 and '"apiKey":"widgets"' in page
 
 
+def test_keys_set_refuses_a_limit_its_variable_refuses(tmp_path: Path) -> None:
+    """`keys set` checks a limit as its environment variable is checked: a frame limit of 0
+    would close every member of the app with 4009 at its first frame."""
+    c8ws("keys", "create", "--name", "quiz", "--data-dir", str(tmp_path))
+    for flags, said in ((["--max-frame-bytes", "0"], "--max-frame-bytes must be at least 1"),
+                        (["--msg-rate", "-1"], "--msg-rate must not be negative")):
+        refused = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "set", "--name", "quiz", *flags,
+             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and said in refused.stderr
+    c8ws("keys", "set", "--name", "quiz", "--max-frame-bytes", "1", "--data-dir", str(tmp_path))
+
+
 def test_keys_create_and_list(tmp_path: Path) -> None:
     """`keys create` prints a key and secret; `keys list` shows the app; duplicates fail."""
     created = c8ws("keys", "create", "--name", "quiz", "--data-dir", str(tmp_path))
