@@ -45,6 +45,7 @@ def write_dev_cert(folder: Path, hosts: list[str]) -> tuple[Path, Path]:
     certfile, keyfile = folder / "dev-cert.pem", folder / "dev-key.pem"
     certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     keyfile.touch(mode=0o600)
+    keyfile.chmod(0o600)  # a key file left from before may have been opened up
     keyfile.write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))

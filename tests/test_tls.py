@@ -60,3 +60,13 @@ def test_real_piesocket_sdk_with_presence(tls_server: tuple[Server, Path]) -> No
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["received"] == [{"data": {"text": "hello from bob"}, "meta": {"sent": "by sdk"}}]
     assert outcome["annMembers"] == ["ann", "bob"] == outcome["bobMembers"]
+
+
+def test_dev_cert_again_keeps_the_key_private(tmp_path: Path) -> None:
+    """Run again over a key file that was opened up, `dev-cert` makes it private again."""
+    command = [sys.executable, "-m", "app.cli", "dev-cert", "--out-dir", str(tmp_path)]
+    subprocess.run(command, capture_output=True, check=True, timeout=60)
+    key = tmp_path / "dev-key.pem"
+    key.chmod(0o644)
+    subprocess.run(command, capture_output=True, check=True, timeout=60)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
