@@ -25,6 +25,7 @@ from app.store import create_store
 from app.store.base import App, Store
 
 log = logging.getLogger("c8ws")
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -76,14 +77,18 @@ def session_key(settings: Settings) -> str:
 
 
 def banner(settings: Settings, demo: App, signin_token: str) -> str:
+    """What `serve` prints once started. Its links name this machine where the server listens
+    on every interface (0.0.0.0 is no address a browser can open)."""
     scheme = "https" if settings.certfile else "http"
     ws_scheme = "wss" if settings.certfile else "ws"
-    base = f"{scheme}://{settings.host}:{settings.port}"
+    host = "127.0.0.1" if settings.host in EVERY_INTERFACE else settings.host
+    where = f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
+    base = f"{scheme}://{where}"
     return "\n".join([
-        f"c8ws listening on {base}",
+        f"c8ws listening on {scheme}://{settings.host}:{settings.port}",
         f"  playground:   {base}/playground",
         f"  sign in:      {base}/signin?token={signin_token}",
-        f"  websocket:    {ws_scheme}://{settings.host}:{settings.port}/v3/room1?api_key={demo.key}",
+        f"  websocket:    {ws_scheme}://{where}/v3/room1?api_key={demo.key}",
         f"  demo api key: {demo.key}",
         f"  demo secret:  {demo.secret}",
     ])

@@ -33,6 +33,17 @@ def test_banner_prints_urls_key_and_secret(make_server: Callable[..., Server]) -
     assert len(live.secret) >= 20
 
 
+def test_banner_links_open_where_every_interface_listens(
+        make_server: Callable[..., Server]) -> None:
+    """Listening on 0.0.0.0, the banner's links name 127.0.0.1, which a browser can open."""
+    live = make_server({"C8WS_HOST": "0.0.0.0"})
+    assert f"c8ws listening on http://0.0.0.0:{live.port}" in live.log()
+    assert f"playground:   http://127.0.0.1:{live.port}/playground" in live.log()
+    links = [line for line in live.log().splitlines()
+             if line.startswith(("  playground:", "  sign in:", "  websocket:"))]
+    assert len(links) == 3 and not [line for line in links if "0.0.0.0" in line]
+
+
 def test_demo_secret_is_kept_across_restarts_and_overridable(
     make_server: Callable[..., Server], tmp_path: Path,
 ) -> None:
