@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve WebSockets, the API and the pages")
     serve.add_argument("--host", help="interface to bind (C8WS_HOST, default 127.0.0.1)")
     serve.add_argument("--port", help="port, 0 for any free one (C8WS_PORT, default 8000)")
-    serve.add_argument("--data-dir", help="where the SQLite file lives (C8WS_DATA_DIR, ./var)")
+    serve.add_argument("--data-dir", help="where the SQLite file, session.key and dev-cert's "
+                       "pair live (C8WS_DATA_DIR, ./var)")
     serve.add_argument("--certfile", help="TLS certificate, PEM (C8WS_CERTFILE)")
     serve.add_argument("--keyfile", help="TLS private key, PEM (C8WS_KEYFILE)")
     serve.add_argument("--workers", help="worker processes, >1 needs the redis broker "
