@@ -28,6 +28,7 @@ from app.limits import OVERRIDABLE, parse_override
 from app.node import Node
 from app.schemas import CHANNEL_PATTERN
 from app.store import create_store
+from app.store.base import Store
 from app.transfer import export_channel, import_channel
 
 # Middle-generation collections between two full ones (CPython's default is 10).
@@ -239,9 +240,7 @@ def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
 async def _transfer(args: argparse.Namespace) -> None:
     if not CHANNEL_PATTERN.fullmatch(args.channel):
         raise ConfigError("--channel: use 1 to 64 letters, digits, '_' or '-'")
-    settings = load_settings(overrides=_overrides(args, ("data_dir",)))
-    store = create_store(settings.store_url)
-    await store.open()
+    store = await existing_store(load_settings(overrides=_overrides(args, ("data_dir",))))
     try:
         app = await store.app_by_name(args.app)
         if app is None:
@@ -260,10 +259,20 @@ async def _transfer(args: argparse.Namespace) -> None:
         await store.close()
 
 
-async def _keys(args: argparse.Namespace) -> None:
-    settings = load_settings(overrides=_overrides(args, ("data_dir",)))
+async def existing_store(settings: Settings, *, new_ok: bool = False) -> Store:
+    """The opened store of a command run beside a server. Its SQLite file not being there is
+    taken for a mistyped --data-dir, not made (unless `new_ok`: `keys create` may go first)."""
+    if not (new_ok or settings.database_url or settings.sqlite_file.exists()):
+        raise ConfigError(f"--data-dir: there is no database at {settings.sqlite_file} "
+                          "(`c8ws serve` makes it)")
     store = create_store(settings.store_url)
     await store.open()
+    return store
+
+
+async def _keys(args: argparse.Namespace) -> None:
+    store = await existing_store(load_settings(overrides=_overrides(args, ("data_dir",))),
+                                 new_ok=args.keys_command == "create")
     try:
         if args.keys_command == "create":
             if await store.app_by_name(args.name) is not None:

@@ -50,9 +50,14 @@ class Settings:
     workers: int = 1
 
     @property
+    def sqlite_file(self) -> Path:
+        """The SQLite file under `data_dir`, the store unless `database_url` names another."""
+        return self.data_dir / "c8ws.sqlite3"
+
+    @property
     def store_url(self) -> str:
         """The store to open: `database_url`, or the SQLite file under `data_dir`."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'c8ws.sqlite3'}"
+        return self.database_url or f"sqlite:///{self.sqlite_file}"
 
 
 def non_negative(name: str, raw: str, convert: Callable[[str], float] = int) -> Any:

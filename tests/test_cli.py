@@ -84,6 +84,20 @@ def test_keys_set_refuses_a_limit_its_variable_refuses(tmp_path: Path) -> None:
     c8ws("keys", "set", "--name", "quiz", "--max-frame-bytes", "1", "--data-dir", str(tmp_path))
 
 
+@pytest.mark.parametrize("command", [["export", "--channel", "poll1"], ["keys", "list"],
+                                     ["keys", "set", "--name", "demo", "--msg-rate", "5"]])
+def test_a_data_dir_without_a_database_is_named(tmp_path: Path, command: list[str]) -> None:
+    """Commands that work beside a server take a data directory with no database for the
+    mistake it is, and make nothing there (they used to create and migrate a new file)."""
+    typo = tmp_path / "typo"
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", *command, "--data-dir", str(typo)],
+        capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert f"--data-dir: there is no database at {typo / 'c8ws.sqlite3'}" in refused.stderr
+    assert not typo.exists()
+
+
 def test_keys_create_and_list(tmp_path: Path) -> None:
     """`keys create` prints a key and secret; `keys list` shows the app; duplicates fail."""
     created = c8ws("keys", "create", "--name", "quiz", "--data-dir", str(tmp_path))
