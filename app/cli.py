@@ -288,8 +288,10 @@ async def _keys(args: argparse.Namespace) -> None:
                 raise ConfigError(f"--name: there is no app called {args.name!r}")
             changes = {name: parse_override(name, getattr(args, name)) for name in OVERRIDABLE
                        if getattr(args, name) is not None}
-            await store.set_app_settings(found.id, {**found.settings, **changes})
-            for name, value in sorted({**found.settings, **changes}.items()):
+            kept = {name: value for name, value in {**found.settings, **changes}.items()
+                    if value is not None}
+            await store.set_app_settings(found.id, kept)
+            for name, value in sorted(kept.items()):
                 print(f"{name}: {value}")
         else:
             for app in await store.list_apps():

@@ -47,7 +47,10 @@ def limits_for(settings: Settings, app_settings: dict[str, Any]) -> Limits:
 
 
 def parse_override(name: str, raw: str) -> Any:
-    """A `c8ws keys set` value, checked like the environment variable it overrides."""
+    """A `c8ws keys set` value, checked like the environment variable it overrides; None for
+    `default`, which takes the app's override away."""
+    if raw == "default":
+        return None
     if name == "allowed_origins":
         return [origin.strip() for origin in raw.split(",") if origin.strip()]
     if name not in OVERRIDABLE:

@@ -82,6 +82,9 @@ def test_keys_set_refuses_a_limit_its_variable_refuses(tmp_path: Path) -> None:
              "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and said in refused.stderr
     c8ws("keys", "set", "--name", "quiz", "--max-frame-bytes", "1", "--data-dir", str(tmp_path))
+    put_back = c8ws("keys", "set", "--name", "quiz", "--max-frame-bytes", "default",
+                    "--msg-rate", "5", "--data-dir", str(tmp_path))
+    assert put_back.stdout == "msg_rate: 5.0\n"  # the frame limit is the server's again
 
 
 @pytest.mark.parametrize("command", [["export", "--channel", "poll1"], ["keys", "list"],
