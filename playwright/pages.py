@@ -117,3 +117,12 @@ class Playground:
             "kind => document.querySelector(`[data-pane=\"${kind}\"] .CodeMirror`)"
             ".CodeMirror.getValue()", kind)
         return value
+
+    def save_as(self, name: str, prefix: str) -> str:
+        """Save the editor's widget under a fresh id and `name`; returns the id."""
+        widget_id = fresh(prefix)
+        self.page.fill("#widget-id", widget_id)
+        self.page.fill("#widget-name", name)
+        self.page.get_by_role("button", name="Save").click()
+        expect(self.page.locator("#notice")).to_have_text(f"Saved {name}.")
+        return widget_id

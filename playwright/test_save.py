@@ -30,11 +30,7 @@ def test_saved_widget_keeps_its_new_colour_after_a_reload(page: Page, live: Serv
     css = playground.code("css")
     assert "--bar: #4c6ef5" in css
     playground.set_code("css", css.replace("--bar: #4c6ef5", f"--bar: {ORANGE}"))
-    widget_id = fresh("poll")
-    page.fill("#widget-id", widget_id)
-    page.fill("#widget-name", "Orange poll")
-    page.get_by_role("button", name="Save").click()
-    expect(page.locator("#notice")).to_have_text("Saved Orange poll.")
+    widget_id = playground.save_as("Orange poll", "poll")
 
     page.reload()
     entry = page.locator("#widget-list li").filter(
@@ -84,11 +80,7 @@ def test_another_apps_playground_runs_and_saves_its_own_widgets(page: Page, live
     votes = page.request.post(f"{live.http}/api/channels/{playground.channel}/search",
                               headers={"X-Api-Key": name}, data={}).json()
     assert [vote["username"] for vote in votes["items"]] == ["alice"]
-    widget_id = fresh("poll")
-    page.fill("#widget-id", widget_id)
-    page.fill("#widget-name", "Quiz poll")
-    page.get_by_role("button", name="Save").click()
-    expect(page.locator("#notice")).to_have_text("Saved Quiz poll.")
+    widget_id = playground.save_as("Quiz poll", "poll")
     page.reload()
     expect(page.locator(f'#widget-list button[data-widget="{widget_id}"]')).to_have_count(1)
     assert page.request.get(f"{live.http}/api/widgets/{widget_id}",
