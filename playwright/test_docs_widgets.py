@@ -218,6 +218,9 @@ def test_script_tag_query_string_and_iframe(page: Page, live: Server,
     bare = f'<script src="{live.http}/static/c8-player-api.js"></script>' + check
     page.goto(own_site("query.html", bare) + "?c8ws_channel=from-query")
     expect(page).to_have_title("connected from-query")
+    # A link cannot name the server: the page's token would go wherever it said.
+    page.goto(own_site("query.html", bare) + "?c8ws_channel=linked&c8ws_url=http://127.0.0.1:9")
+    expect(page).to_have_title("connected linked")
     page.goto(own_site("embeds.html", local(examples()["iframe"], live)))
     poll = page.frame_locator("iframe").frame_locator("iframe")
     expect(poll.get_by_role("button", name="Red")).to_be_visible()
@@ -235,3 +238,25 @@ def test_debug_example(page: Page, live: Server, own_site: Callable[[str, str], 
         page.goto(own_site("debug.html", html))
     assert logged[0] == "socket connecting", logged
     assert logged[1].startswith('in {"welcome":'), logged
+
+
+def test_a_links_debug_flag_reaches_the_page_only(page: Page, live: Server,
+                                                  own_site: Callable[[str, str], str]) -> None:
+    """`c8ws_debug` in a page's address posts the frames to that page, never to a parent frame
+    (another site framing the page with that flag would read its channel)."""
+    inner = own_site("inner.html", (
+        "<script>window.addEventListener('message', function (event) {"
+        " if (event.data && event.data.c8ws === 'status' && event.data.status === 'open')"
+        " document.title = 'seen here'; });</script>"
+        f'<script src="{live.http}/static/c8-player-api.js"></script>'
+        "<script>new c8PlayerApi.webSocket();</script>"))
+    outer = own_site("outer.html", (
+        "<script>window.addEventListener('message', function (event) {"
+        " if (event.data && event.data.c8ws) document.title = 'leaked'; });</script>"
+        f'<iframe src="{inner}?c8ws_debug=1&c8ws_channel={fresh("dbg")}"></iframe>'))
+    page.goto(outer)
+    expect(page.frame_locator("iframe").locator("body")).to_be_attached()
+    framed = page.frame(url=re.compile(r"/inner\.html"))
+    assert framed is not None
+    framed.wait_for_function("document.title === 'seen here'", timeout=10_000 * UNIT)
+    assert page.title() != "leaked"

@@ -9,8 +9,9 @@
 /**
  * Page configuration, read first for every new socket: `window.C8WS`, then `data-*` on the
  * shim's own `<script>` tag (`data-url`, `data-api-key`, `data-channel`, `data-token`,
- * `data-client-id`, `data-debug`), then the page's query string (`c8ws_url`, `c8ws_api_key`,
- * `c8ws_channel`, `c8ws_token`, `c8ws_client_id`, `c8ws_debug`). First found wins per key.
+ * `data-client-id`, `data-debug`), then the page's query string (`c8ws_api_key`,
+ * `c8ws_channel`, `c8ws_token`, `c8ws_client_id`, `c8ws_debug`; never the server, and a
+ * link's `c8ws_debug` posts to the page itself only). First found wins per key.
  */
 interface C8WSConfig {
   /**

@@ -88,8 +88,9 @@
       return config;
     }
     var params = new URLSearchParams(search);
+    // Never the server: whoever wrote a link must not send the page's users, and the tokens
+    // the page gives them, to a server of their choosing.
     var names = {
-      url: "c8ws_url",
       apiKey: "c8ws_api_key",
       channel: "c8ws_channel",
       token: "c8ws_token",
@@ -109,13 +110,19 @@
     return value !== undefined && value !== null && value !== "";
   }
 
-  function pick(key, sources) {
+  // Which of `sources` (most trusted first) has `key`, or -1.
+  function sourceOf(key, sources) {
     for (var i = 0; i < sources.length; i++) {
       if (sources[i] && present(sources[i][key])) {
-        return sources[i][key];
+        return i;
       }
     }
-    return undefined;
+    return -1;
+  }
+
+  function pick(key, sources) {
+    var i = sourceOf(key, sources);
+    return i < 0 ? undefined : sources[i][key];
   }
 
   function flag(value, fallback) {
@@ -132,6 +139,7 @@
   function resolveConfig(options) {
     var page = global.C8WS && typeof global.C8WS === "object" ? global.C8WS : {};
     var sources = [page, scriptConfig, queryConfig];
+    var debugFrom = sourceOf("debug", sources);
     options = options || {};
     return {
       url: pick("url", sources),
@@ -142,6 +150,9 @@
       persistent: flag(present(options.persistent) ? options.persistent : page.persistent, false),
       notifySelf: flag(present(options.notifySelf) ? options.notifySelf : page.notifySelf, true),
       debug: flag(pick("debug", sources), false),
+      // Asked for by a link, the frames go to this page only, never to a frame's parent,
+      // which may be another site's.
+      debugToParent: debugFrom !== sources.indexOf(queryConfig),
     };
   }
 
@@ -184,7 +195,7 @@
       return;
     }
     try {
-      (global.parent || global).postMessage(message, "*");
+      (config.debugToParent && global.parent || global).postMessage(message, "*");
     } catch (error) {
       // A detached frame has no parent to tell; debugging must never break the widget.
     }
