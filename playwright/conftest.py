@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if isinstance(page, Page):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / f"{item.name}.png"), full_page=True)
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def own_site(tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
+    """A widget author's own site (another port of 127.0.0.1, so another origin): a function
+    that publishes a page there and returns its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def publish(name: str, html: str) -> str:
+        (tmp_path / name).write_text(html, encoding="utf-8")
+        return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+    yield publish
+    server.shutdown()
+    server.server_close()
+    thread.join()

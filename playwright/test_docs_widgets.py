@@ -4,12 +4,8 @@ playground, in an embed, and in pages of one's own site."""
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pages import RECONNECT_TIMEOUT_MS, Playground, fresh
@@ -60,29 +56,6 @@ def run_widget(page: Page, live: Server, html: str, js: str) -> FrameLocator:
 
 def local(code: str, live: Server) -> str:
     return code.replace("127.0.0.1:8000", f"127.0.0.1:{live.port}")
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def own_site(tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
-    """A widget author's own site (another port of 127.0.0.1, so another origin): a function
-    that publishes a page there and returns its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-
-    def publish(name: str, html: str) -> str:
-        (tmp_path / name).write_text(html, encoding="utf-8")
-        return f"http://127.0.0.1:{server.server_address[1]}/{name}"
-
-    yield publish
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 def test_every_example_is_covered() -> None:

@@ -172,10 +172,14 @@ declare namespace c8PlayerApi {
     | "no_url"
     /** The configured URL is not usable. */
     | "bad_url"
+    /** The page's token function threw; the shim tries again with backoff. */
+    | "token_failed"
     | "invalid_json"
     | "unknown_command"
     | "rate_limited"
     | "not_stored"
+    /** The server could not hand a publish to its broker: it was not delivered. */
+    | "unavailable"
     | "forbidden"
     | (string & {});
 

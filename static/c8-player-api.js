@@ -43,7 +43,7 @@
     CLOSED: "closed", // close() was called or the server refused us: final
   };
   var TRANSITIONS = {
-    idle: ["connecting", "closed"],
+    idle: ["connecting", "waiting", "closed"], // waiting: a first attempt could not start
     connecting: ["open", "waiting", "closed"],
     open: ["waiting", "closed"],
     waiting: ["connecting", "closed"],
@@ -254,6 +254,9 @@
 
   function emit(event) {
     var args = Array.prototype.slice.call(arguments, 1);
+    if (event === "widgetDestroy") {
+      closeAll(); // the shim's own part, which off() does not take away
+    }
     // A copy: listeners may add or remove listeners while being called.
     var list = (listeners[event] || []).slice();
     var config = resolveConfig();
@@ -400,8 +403,17 @@
     try {
       url = this._url(since);
     } catch (error) {
+      // The page's token function failed (while it swaps its tag, say): not for good.
       report(this._config, error, "token");
-      url = null;
+      this._error("token_failed", "c8PlayerApi: the token function threw: " +
+        (error && error.message ? error.message : String(error)));
+      if (this._state !== State.CLOSED) {
+        if (this._state !== State.WAITING) {
+          this._setState(State.WAITING);
+        }
+        this._scheduleReconnect(0);
+      }
+      return;
     }
     if (url === null) {
       this._setState(State.CLOSED);
@@ -912,6 +924,8 @@
   api.webSocket = C8Socket;
   api.reconnectNow = reconnectNow;
   api.version = VERSION;
-  api.on("widgetDestroy", closeAll);
+  if (hostBus) {
+    api.on("widgetDestroy", closeAll);
+  }
   global.c8PlayerApi = api;
 })(typeof window !== "undefined" ? window : this);
