@@ -72,7 +72,8 @@ declare namespace c8PlayerApi {
     data: T;
     /** From the publisher's JWT, else `null`. */
     username: string | null;
-    /** The message's position in its channel: strictly increasing, no gaps. */
+    /** The message's position in its channel's epoch: increasing; a publish that failed
+     * leaves a gap, and a new epoch (the server lost its count) may number again from lower. */
     seq: number;
   }
 
