@@ -3,11 +3,13 @@ reach: a token function that fails, and the destroy event's listeners."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pages import fresh
 from playwright.sync_api import Page, expect
 
+from tests.http import Client
 from tests.live import UNIT, Server
 
 
@@ -44,3 +46,33 @@ ws.onOpen = function () {
     page.goto(own_site("destroy.html", page_with(live, f"{{channel: '{fresh('bye')}'}}", script)))
     expect(page.locator("body")).to_have_attribute("data-state", "closed")
     assert page.title() != "listener ran"
+
+
+def test_publishes_queued_before_the_welcome_all_arrive(
+        page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
+    """600 publishes made before the socket opened go out no faster than the connection's
+    rate limit (200 a second after 400), so all of them are stored, in order (about a third
+    used to be dropped as rate_limited)."""
+    channel = fresh("burst")
+    script = """var errors = [];
+var ws = new c8PlayerApi.webSocket({persistent: true});
+ws.onError = function (error) { errors.push(error.code); };
+for (var i = 0; i < 600; i++) ws.publish({i: i});
+window.errors = errors;"""
+    page.goto(own_site("burst.html", page_with(live, f"{{channel: '{channel}'}}", script)))
+    client = Client(live.http)
+
+    def stored() -> int:
+        body = client.request("POST", f"/api/channels/{channel}/search",
+                              {"limit": 1}, headers={"X-Api-Key": "demo"})[1]
+        return int(body["total"])
+
+    deadline = time.monotonic() + 20 * UNIT
+    while stored() < 600:
+        assert time.monotonic() < deadline, stored()
+        time.sleep(0.2)
+    assert page.evaluate("window.errors") == []
+    body = client.request("POST", f"/api/channels/{channel}/search",
+                          {"limit": 1000, "sortField": "seq", "sortOrder": "asc"},
+                          headers={"X-Api-Key": "demo"})[1]
+    assert [item["data"]["i"] for item in body["items"]] == list(range(600))

@@ -165,7 +165,8 @@ declare namespace c8PlayerApi {
     | "recovery_failed"
     /** A publish was over the server's frame limit and was not sent. */
     | "too_large"
-    /** Too many publishes queued while disconnected; the newest was dropped. */
+    /** Over 1000 publishes waiting to be sent (disconnected, or held back to the rate
+     * limit); the newest was dropped. */
     | "queue_full"
     /** publish() after close(). */
     | "closed"

@@ -27,6 +27,9 @@
   var IDLE_PING_MS = 25000;
   var PONG_TIMEOUT_MS = 10000;
   var MAX_QUEUED_FRAMES = 1000;
+  // The share of the connection's rate limit (from the welcome) the shim sends at: frames that
+  // reach the server bunched up by the network stay within it.
+  var PACE_MARGIN = 0.9;
   // Refusals to retry as is would only be refused again (see the close-code table).
   var TERMINAL_CLOSE_CODES = [1008, 4001, 4002, 4003, 4004, 4009];
   // After a fatal `{"error": "..."}` frame only these codes mean "come back later"; any other
@@ -303,6 +306,8 @@
     this._pongTimer = null;
     this._fatalMessage = null;
     this._maxFrameBytes = 0;
+    this._bucket = null; // the server's rate limit for this connection, mirrored
+    this._paceTimer = null;
     this.connections = 0;
 
     sockets.push(this);
@@ -508,6 +513,10 @@
     }
     this._lastWelcome = welcome;
     this._maxFrameBytes = typeof welcome.max_frame_bytes === "number" ? welcome.max_frame_bytes : 0;
+    // The server's bucket for this connection starts full; so does its mirror.
+    var rate = typeof welcome.msg_rate === "number" ? welcome.msg_rate * PACE_MARGIN : 0;
+    var burst = typeof welcome.msg_burst === "number" ? Math.max(1, Math.floor(welcome.msg_burst * PACE_MARGIN)) : 1;
+    this._bucket = rate > 0 ? { rate: rate, burst: burst, tokens: burst, updated: Date.now() } : null;
     this._setState(State.OPEN);
     this._openedAt = Date.now();
     this._status("open");
@@ -584,6 +593,7 @@
 
   C8Socket.prototype._dropped = function (event) {
     this._stopHeartbeat();
+    this._stopPacing();
     this._ws = null;
     var wasOpen = this._state === State.OPEN;
     this._status("closed", { code: event.code });
@@ -666,8 +676,9 @@
     this._ws.send(text);
   };
 
+  // Send now if open and within the rate limit, else queue (up to MAX_QUEUED_FRAMES).
   C8Socket.prototype._enqueue = function (item) {
-    if (this._state === State.OPEN) {
+    if (this._state === State.OPEN && this._outbox.length === 0 && this._takeToken()) {
       this._transmit(item);
       return true;
     }
@@ -675,7 +686,55 @@
       return false;
     }
     this._outbox.push(item);
+    if (this._state === State.OPEN) {
+      this._pace();
+    }
     return true;
+  };
+
+  C8Socket.prototype._takeToken = function () {
+    var bucket = this._bucket;
+    if (bucket === null) {
+      return true;
+    }
+    var now = Date.now();
+    bucket.tokens = Math.min(bucket.burst, bucket.tokens + ((now - bucket.updated) * bucket.rate) / 1000);
+    bucket.updated = now;
+    if (bucket.tokens < 1) {
+      return false;
+    }
+    bucket.tokens -= 1;
+    return true;
+  };
+
+  // Send what waits, as fast as the rate limit lets it through: past it the server drops frames.
+  C8Socket.prototype._drain = function () {
+    while (this._state === State.OPEN && this._outbox.length > 0 && this._takeToken()) {
+      this._transmit(this._outbox.shift());
+    }
+    if (this._state === State.OPEN && this._outbox.length > 0) {
+      this._pace();
+    }
+  };
+
+  C8Socket.prototype._pace = function () {
+    if (this._paceTimer !== null) {
+      return;
+    }
+    var bucket = this._bucket;
+    var wait = bucket === null ? 0 : Math.ceil(((1 - bucket.tokens) * 1000) / bucket.rate);
+    var self = this;
+    this._paceTimer = setTimeout(function () {
+      self._paceTimer = null;
+      self._drain();
+    }, Math.max(wait, 1));
+  };
+
+  C8Socket.prototype._stopPacing = function () {
+    if (this._paceTimer !== null) {
+      clearTimeout(this._paceTimer);
+      this._paceTimer = null;
+    }
   };
 
   C8Socket.prototype._transmit = function (item) {
@@ -705,11 +764,7 @@
   };
 
   C8Socket.prototype._flush = function () {
-    var queued = this._outbox;
-    this._outbox = [];
-    for (var i = 0; i < queued.length; i++) {
-      this._transmit(queued[i]);
-    }
+    this._drain();
     this._startHeartbeat();
   };
 
@@ -721,7 +776,7 @@
     // Encoded now, so later changes to `data` do not alter a queued message.
     var text = JSON.stringify({ publish: { data: data === undefined ? null : data } });
     if (!this._enqueue({ text: text })) {
-      this._error("queue_full", "Too many messages queued while disconnected; this one was dropped.");
+      this._error("queue_full", "Too many messages waiting to be sent; this one was dropped.");
     }
   };
 
@@ -742,7 +797,7 @@
       }
       self._pending[rid] = { resolve: resolve, reject: reject, sent: false, timer: null };
       if (!self._enqueue({ text: text, rid: rid })) {
-        self._settle(rid, searchError("queue_full", "Too many requests queued while disconnected."), null);
+        self._settle(rid, searchError("queue_full", "Too many requests waiting to be sent."), null);
       }
     });
     if (typeof callback === "function") {
@@ -802,6 +857,7 @@
       this._timer = null;
     }
     this._stopHeartbeat();
+    this._stopPacing();
     var ws = this._ws;
     // Detach first: onClose should not wait on the server's side of the close handshake.
     this._ws = null;
