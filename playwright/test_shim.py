@@ -76,3 +76,21 @@ window.errors = errors;"""
                           {"limit": 1000, "sortField": "seq", "sortOrder": "asc"},
                           headers={"X-Api-Key": "demo"})[1]
     assert [item["data"]["i"] for item in body["items"]] == list(range(600))
+
+
+def test_the_count_is_told_after_open_and_then_on_changes_only(
+        page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
+    """onActiveConnectionsChange: the count once after onOpen, then each change, never the
+    same number twice in a row (the server's count frame after a welcome repeated it)."""
+    script = """window.seen = {a: [], b: []};
+function watch(name) {
+  var ws = new c8PlayerApi.webSocket();
+  ws.onActiveConnectionsChange = function (event) { window.seen[name].push(event.data); };
+  return ws;
+}
+var a = watch("a");
+a.onOpen = function () { watch("b").onOpen = function () { document.title = "both open"; }; };"""
+    page.goto(own_site("count.html", page_with(live, f"{{channel: '{fresh('cnt')}'}}", script)))
+    expect(page).to_have_title("both open")
+    page.wait_for_timeout(1500)  # past the server's next count frames
+    assert page.evaluate("window.seen") == {"a": [1, 2], "b": [2]}

@@ -526,7 +526,7 @@
       return; // onOpen closed the socket
     }
     if (typeof welcome.connections === "number") {
-      this._connections(welcome.connections);
+      this._connections(welcome.connections, true);
     }
   };
 
@@ -540,7 +540,12 @@
     this._call("onMessage", [record]);
   };
 
-  C8Socket.prototype._connections = function (count) {
+  // After onOpen (the welcome's count), then only changes: the server's count frame that
+  // follows a welcome often repeats it.
+  C8Socket.prototype._connections = function (count, afterOpen) {
+    if (!afterOpen && count === this.connections) {
+      return;
+    }
     this.connections = count;
     this._call("onActiveConnectionsChange", [{ data: count }]);
   };
