@@ -187,7 +187,7 @@ class SearchFrame(Schema):
     class Meta:
         unknown = RAISE
 
-    query = fields.Raw(required=True)
+    query = fields.Raw(required=True, allow_none=True)  # checked as a QUERY, null included
     rid = fields.String(load_default=None, validate=validate.Length(max=64))
 
 

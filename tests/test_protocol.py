@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.errors import ClientError
+from app.errors import ClientError, QueryError
 from app.protocol import (
     PONG,
     Dialect,
@@ -23,6 +23,7 @@ from app.protocol import (
     piesocket_frame,
     status_frame,
 )
+from app.query import validate_query
 from app.records import Record
 
 
@@ -111,3 +112,13 @@ def test_error_frames_per_dialect() -> None:
         "system": {"error": {"code": "rate_limited", "message": "slow down"}}}
     assert orjson.loads(error_frame(Dialect.C8, "invalid_json", "bad", "r1")) == {
         "error": {"code": "invalid_json", "message": "bad", "rid": "r1"}}
+
+
+@pytest.mark.parametrize("query", ["null", "[1]", '"x"', "5"])
+def test_a_query_that_is_no_object_is_named_as_such(query: str) -> None:
+    """A null QUERY is refused like any other non-object (it was "Field may not be null.")."""
+    search = parse_c8('{"search":{"rid":"r","query":' + query + "}}")
+    assert isinstance(search, Search)
+    with pytest.raises(QueryError) as caught:
+        validate_query(search.query)
+    assert caught.value.message == "QUERY must be a JSON object"
