@@ -187,8 +187,10 @@ def serving_app(overrides: dict[str, Any] | None = None) -> Any:
 def run_server(config: Any, overrides: dict[str, Any] | None = None,
                stop: EventType | None = None, sockets: Any = None) -> None:
     """Serve in this process until SIGINT or SIGTERM, or until `stop` is set (by the parent of
-    workers); then close the members with 1001 and wait for them, before Hypercorn's grace
-    period, in which nothing would close them (it cancels them after it, 1011)."""
+    workers). Then Hypercorn stops listening, at once (clients that come straight back find
+    another server, or none), and waits for the connections through its grace period, while
+    the node closes its members with 1001: nothing else would, and Hypercorn cancels what is
+    left after the grace period (1011)."""
     from hypercorn.asyncio.run import worker_serve
     from hypercorn.utils import wrap_app
 
@@ -203,7 +205,9 @@ def run_server(config: Any, overrides: dict[str, Any] | None = None,
         while not stopping.is_set() and not (stop is not None and stop.is_set()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), STOP_POLL)
-        await node.drain()
+        draining.append(asyncio.create_task(node.drain(), name="drain"))
+
+    draining: list[asyncio.Task[None]] = []  # kept referenced while it runs
 
     asyncio.run(worker_serve(wrap_app(app, config.wsgi_max_body_size, None), config,
                              sockets=sockets, shutdown_trigger=shutdown_trigger))

@@ -126,6 +126,10 @@ async def refuse(refusal: Refusal) -> None:
 
 async def serve(dialect: Dialect, channel: str) -> None:
     node = current_node()
+    if node.draining.is_set():  # come as the server stops: let in, it would be cut off (1011)
+        await websocket.accept()
+        await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
+        return
     try:
         member, params = await admit(node, dialect, channel)
     except Refusal as refusal:

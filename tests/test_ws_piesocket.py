@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import pytest
 import websockets
 
-from tests.live import Server, closed_with, connect, nothing_within, recv, recv_json
+from tests.live import UNIT, Server, closed_with, connect, nothing_within, recv, recv_json
 
 pytestmark = pytest.mark.asyncio
 
@@ -189,3 +190,35 @@ async def test_shutdown_closes_members_with_1001(make_server: object) -> None:
     assert live.stop() == 0
     with pytest.raises((OSError, websockets.InvalidHandshake)):
         await connect(url)
+
+
+async def test_clients_coming_straight_back_during_shutdown_are_not_let_in(
+        make_server: object) -> None:
+    """A client that reconnects the moment it gets 1001 (PieSocket's SDK does) finds the
+    shutting-down server no longer listening, or is closed with 1001 again: it used to be let
+    in and cut off with 1011 when the grace period ended, a trace logged for each."""
+    live: Server = make_server()  # type: ignore[operator]
+    url = live.ws("/v3/comeback?api_key=demo")
+    codes: list[int | None] = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                client = await connect(url)
+            except (OSError, websockets.InvalidHandshake):
+                return
+            code, _ = await closed_with(client, 30)
+            codes.append(code)
+
+    clients = [asyncio.create_task(stubborn()) for _ in range(5)]
+    async with await connect(url) as probe:
+        while True:
+            await probe.send("cmd_status")
+            if await recv(probe) == '{"system":{"connection_count":6}}':
+                break
+            await asyncio.sleep(0.05)
+        live.process.terminate()  # type: ignore[union-attr]
+        await asyncio.wait_for(asyncio.gather(*clients), 30 * UNIT)
+    assert live.stop() == 0
+    assert codes and set(codes) == {1001}, codes
+    assert "Traceback" not in live.log()
