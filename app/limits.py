@@ -72,7 +72,10 @@ class TokenBucket:
         self.burst = float(max(burst, 1))
         self.tokens = self.burst
         self.updated = time.monotonic()
-        self.refused = 0  # frames refused since the last one let through
+        # Frames refused in the current run. A run ends when the sender has slowed down enough
+        # to win back half a burst, not at the first token refilled: a steady flood at a few
+        # times the rate gets a token now and then, and is one run all the same.
+        self.refused = 0
 
     def take(self) -> bool:
         if self.rate <= 0:
@@ -81,8 +84,9 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
+            if self.tokens >= self.burst / 2:
+                self.refused = 0
             self.tokens -= 1
-            self.refused = 0
             return True
         self.refused += 1
         return False

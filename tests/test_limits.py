@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -52,6 +53,23 @@ async def test_flood_is_rate_limited_then_closed_others_unaffected(server: Serve
         assert 100 <= len(spam) < 1000
         assert spam == [f"spam {number}" for number in range(len(spam))][: len(spam)] or all(
             isinstance(item, str) and item.startswith("spam") for item in spam)
+
+
+async def test_a_steady_flood_is_closed_and_answered_once(server: Server) -> None:
+    """A flood at four times the rate (not all at once): one rate_limited, then 4029 once a
+    burst's worth was dropped. A token refilling now and then used to start a new run each
+    time, so it was never closed and got an error frame every few frames."""
+    key = new_app(server, msg_rate="50", msg_burst="20")
+    async with await connect(server.ws(f"/v3/steady?api_key={key}")) as flooder:
+        sent = 0
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while sent < 1000:  # 5 s at 200 a second, were it never closed
+                await flooder.send(f"spam {sent}")
+                sent += 1
+                await asyncio.sleep(0.005)
+        code, frames = await closed_with(flooder)
+    assert code == 4029 and sent < 1000
+    assert sum("rate_limited" in frame for frame in frames) == 1
 
 
 async def test_connections_per_app_and_ip(server: Server) -> None:
