@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
 
 from app.errors import CloseCode, Refusal
 
 AUTH_FAILED = "Authentication failed, provide valid jwt token."
 PRIVATE_PREFIX = "private-"
 TOKEN_TTL = 24 * 3600
+MAX_NAME = 128  # characters of a user or username, as for the `user` parameter
+CLOCK_LEEWAY = 60  # seconds the signer's clock may differ from ours (`iat`, `exp`, `nbf`)
 
 
 @dataclass(frozen=True)
@@ -36,18 +39,24 @@ def verify_token(token: str | None, secret: str, channel: str) -> Identity:
         return ANONYMOUS
     try:
         claims: dict[str, Any] = jwt.decode(
-            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]},
+            leeway=CLOCK_LEEWAY,
         )
     except jwt.PyJWTError:
         raise Refusal(CloseCode.AUTH_FAILED, AUTH_FAILED) from None
     if claims["sub"] not in (channel, "*"):
         raise Refusal(CloseCode.AUTH_FAILED, AUTH_FAILED)
-    user = claims.get("user")
-    username = claims.get("username") or user
-    return Identity(
-        str(user) if user is not None else None,
-        str(username)[:128] if username is not None else None,
-    )
+    user = _text(claims.get("user"))
+    return Identity(user, _text(claims.get("username")) or user)
+
+
+def _text(claim: Any) -> str | None:
+    """A claim as the text members see, at most MAX_NAME characters: a string as it is,
+    anything else as JSON (PieSocket's server SDKs put an object in `user`)."""
+    if claim is None:
+        return None
+    text = claim if isinstance(claim, str) else orjson.dumps(claim).decode()
+    return text[:MAX_NAME]
 
 
 def sign_token(secret: str, channel: str, username: str | None = None,

@@ -216,6 +216,15 @@ class AuthRequest(Schema):
     username = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
 
 
+class ChannelId(fields.String):
+    """A channel id; a whole number too, as PieSocket's SDKs send one ("a string or number")."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class PublishBody(Schema):
     """POST /api/publish, PieSocket's REST API: `{key, secret, channelId, message}`."""
 
@@ -224,8 +233,7 @@ class PublishBody(Schema):
 
     key = fields.String(required=True)
     secret = fields.String(required=True)
-    channelId = fields.String(required=True,
-                              validate=validate.Regexp(CHANNEL_PATTERN))
+    channelId = ChannelId(required=True, validate=validate.Regexp(CHANNEL_PATTERN))
     message = fields.Raw(required=True, allow_none=True)
     persistent = fields.Boolean(load_default=False)
 

@@ -69,7 +69,14 @@ async def test_rest_publish(server: Server) -> None:
         status, _, _ = client.request("POST", "/api/publish", {
             "key": "demo", "secret": server.secret, "channelId": "rest", "message": "plain"})
         assert await recv(listener) == "plain"
+    async with await connect(server.ws("/v3/12345?api_key=demo")) as listener:
+        # PieSocket's SDKs take a channel id "as a string or number", and send a number as is.
+        status, _, _ = client.request("POST", "/api/publish", {
+            "key": "demo", "secret": server.secret, "channelId": 12345, "message": "numbered"})
+        assert status == 200 and await recv(listener) == "numbered"
     for bad, code in [
+        ({"key": "demo", "secret": server.secret, "channelId": True, "message": 1}, 400),
+        ({"key": "demo", "secret": server.secret, "channelId": 1.5, "message": 1}, 400),
         ({"key": "demo", "secret": "nope", "channelId": "rest", "message": 1}, 401),
         ({"key": "demo", "secret": server.secret, "channelId": "a/b", "message": 1}, 400),
         ({"key": "demo", "secret": server.secret, "channelId": "x", "message": 1, "y": 2}, 400),

@@ -8,7 +8,7 @@ import jwt
 import pytest
 
 from app.auth import AUTH_FAILED
-from tests.live import Server, closed_with, connect, recv_kind
+from tests.live import Server, closed_with, connect, recv_json, recv_kind
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,8 +50,8 @@ async def test_private_channels_refuse_bad_tokens(server: Server, case: str) -> 
     tokens = {
         "missing": None,
         "other channel": token(server.secret, "private-other"),
-        "expired": jwt.encode({"sub": "private-x", "exp": int(time.time()) - 5}, server.secret,
-                              algorithm="HS256"),
+        "expired": jwt.encode({"sub": "private-x", "exp": int(time.time()) - 120},
+                              server.secret, algorithm="HS256"),  # past the clock leeway
         "wrong secret": token("not-the-secret-but-long-enough-for-hs256", "private-x"),
         "garbage": "a.b.c",
         "no exp": jwt.encode({"sub": "private-x"}, server.secret, algorithm="HS256"),
@@ -72,3 +72,22 @@ async def test_private_channel_with_valid_token(server: Server) -> None:
         url = server.ws(f"/c8/private-ok?api_key=demo&jwt={token(server.secret, sub)}")
         async with await connect(url) as client:
             assert (await recv_kind(client, "welcome"))["channel"] == "private-ok"
+
+
+async def test_tokens_of_piesockets_server_sdks_are_read_as_they_mean(server: Server) -> None:
+    """PieSocket's PHP SDK puts an object in `user` and sets `iat`: the object reaches members
+    as its JSON text (it was a Python repr), at most 128 characters, and an `iat` a few seconds
+    ahead (the signer's clock) is no refusal."""
+    user = {"user_id": "7", "user_info": {"name": "Ann"}}
+    signed = token(server.secret, "sdk-users", user=user, iat=int(time.time()) + 5)
+    url = server.ws("/v3/sdk-users?api_key=demo&presence=1&uuid=u7")
+    async with await connect(f"{url}&jwt={signed}") as client:
+        listed = await recv_json(client)
+    assert listed["data"]["members"] == [
+        {"uuid": "u7", "user": '{"user_id":"7","user_info":{"name":"Ann"}}'}]
+    long = token(server.secret, "c8-users", user="x" * 5000)
+    async with await connect(server.ws(f"/c8/c8-users?api_key=demo&notify_self=1&jwt={long}")) \
+            as client:
+        await recv_kind(client, "welcome")
+        await client.send('{"publish":{"data":1}}')
+        assert (await recv_kind(client, "message"))["username"] == "x" * 128
