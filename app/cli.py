@@ -138,8 +138,8 @@ async def reach_engines(settings: Settings) -> None:
     an engine that cannot be reached stops `serve` with one line before it serves, and the
     workers of `serve --workers N` find the migrations done."""
     store = create_store(settings.store_url)
-    await store.open()
     try:
+        await store.open()
         broker = create_broker(settings.broker_url)
         await broker.start(lambda record: None, lambda key: store.last_seq(*key))
         await broker.close()

@@ -6,6 +6,7 @@ sees one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -67,6 +68,8 @@ def non_negative(name: str, raw: str, convert: Callable[[str], float] = int) -> 
     except ValueError:
         wanted = "a whole number" if convert is int else "a number"
         raise ConfigError(f"{name} must be {wanted}, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {raw!r}")
     return value

@@ -159,3 +159,15 @@ def test_a_failed_start_lets_the_store_go(tmp_path: Path) -> None:
     with pytest.raises(BrokerError):
         asyncio.run(app.startup())
     assert threading.active_count() == before
+
+
+def test_a_file_that_is_no_database_stops_serve_with_one_line(tmp_path: Path) -> None:
+    """A data directory whose c8ws.sqlite3 is not a database: one line naming the file and
+    status 2 (it was a traceback, and a process that never exited)."""
+    (tmp_path / "c8ws.sqlite3").write_bytes(b"not a database, " * 100)
+    env = {**os.environ, "C8WS_DATA_DIR": str(tmp_path), "C8WS_PORT": "0"}
+    failed = subprocess.run([sys.executable, "-m", "app.cli", "serve"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert failed.returncode == 2
+    assert failed.stderr.startswith(f"c8ws: error: SQLite at {tmp_path / 'c8ws.sqlite3'}: ")
+    assert failed.stderr.count("\n") == 1

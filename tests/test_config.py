@@ -36,6 +36,8 @@ def test_environment_and_overrides() -> None:
         ({"C8WS_BROKER_URL": "kafka://x"}, "C8WS_BROKER_URL"),
         ({"C8WS_DATABASE_URL": "mysql://x"}, "C8WS_DATABASE_URL"),
         ({"C8WS_DEMO_KEY": " "}, "C8WS_DEMO_KEY"),
+        ({"C8WS_MSG_RATE": "inf"}, "C8WS_MSG_RATE"),  # the c8 welcome carries it as a number
+        ({"C8WS_MSG_RATE": "nan"}, "C8WS_MSG_RATE"),
     ],
 )
 def test_bad_settings_name_the_setting(environ: dict[str, str], named: str) -> None:

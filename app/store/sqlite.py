@@ -92,6 +92,19 @@ class SqliteStore(Store):
         self._counts = SearchCounts(SQLITE)
 
     async def open(self) -> None:
+        """Open the file and apply migrations; on failure (not a database, locked) a
+        `StoreError` naming the file, with nothing left open (its threads would keep the
+        process alive)."""
+        try:
+            await self._open()
+        except (sqlite3.Error, OSError) as error:
+            await self.close()
+            raise StoreError(f"SQLite at {self._path}: {error}") from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self._path, isolation_level=None)
