@@ -72,9 +72,9 @@ class TokenBucket:
         self.burst = float(max(burst, 1))
         self.tokens = self.burst
         self.updated = time.monotonic()
-        # Frames refused in the current run. A run ends when the sender has slowed down enough
-        # to win back half a burst, not at the first token refilled: a steady flood at a few
-        # times the rate gets a token now and then, and is one run all the same.
+        # Frames refused, less those let through since: a sender a little over the rate stays
+        # near 0, one at over twice the rate (a flood, even one that gets a token now and
+        # then) climbs, and is closed once it reaches a burst.
         self.refused = 0
 
     def take(self) -> bool:
@@ -84,8 +84,7 @@ class TokenBucket:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
-            if self.tokens >= self.burst / 2:
-                self.refused = 0
+            self.refused = max(0, self.refused - 1)
             self.tokens -= 1
             return True
         self.refused += 1

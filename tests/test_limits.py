@@ -72,6 +72,21 @@ async def test_a_steady_flood_is_closed_and_answered_once(server: Server) -> Non
     assert sum("rate_limited" in frame for frame in frames) == 1
 
 
+async def test_a_sender_a_little_over_the_rate_only_loses_frames(server: Server) -> None:
+    """At 1.5 times the rate for four seconds: frames dropped, the connection kept."""
+    key = new_app(server, msg_rate="50", msg_burst="20")
+    async with await connect(server.ws(f"/v3/eager?api_key={key}")) as eager:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for number in range(300):
+            await eager.send(f"eager {number}")
+            await asyncio.sleep(max(0.0, began + (number + 1) / 75 - loop.time()))
+        await asyncio.sleep(0.1)  # a few tokens back, for the ping
+        await eager.send("cmd_ping")
+        while (frame := await recv(eager)) != '{"system":"pong"}':
+            assert "rate_limited" in frame
+
+
 async def test_connections_per_app_and_ip(server: Server) -> None:
     """Past the app's connection limit (or the per-IP one) a fatal frame and 4029."""
     for limit in ("max_connections_per_app", "max_connections_per_ip"):
