@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event as EventType
@@ -128,7 +129,7 @@ def serve(args: argparse.Namespace) -> None:
         config.certfile = str(settings.certfile)
         config.keyfile = str(settings.keyfile)
     if settings.workers > 1:
-        serve_workers(config, settings.workers, overrides)
+        serve_workers(config, settings.workers, overrides, sock)
     else:
         run_server(config, overrides)
 
@@ -213,31 +214,53 @@ def run_server(config: Any, overrides: dict[str, Any] | None = None,
                              sockets=sockets, shutdown_trigger=shutdown_trigger))
 
 
-def serve_workers(config: Any, workers: int, overrides: dict[str, Any]) -> None:
+def serve_workers(config: Any, workers: int, overrides: dict[str, Any],
+                  listening: socket.socket) -> None:
     """Several processes on one socket: each builds the app from the environment (the flags are
     passed on as C8WS_* variables) and they meet through the redis broker. SIGINT or SIGTERM
-    here stops them all gracefully; a worker that ends by itself ends the others too."""
+    here stops them all gracefully (those still at work after twice the grace period and a few
+    seconds are killed); a worker that ends by itself ends the others too."""
     for name, value in overrides.items():
         if value is not None:
             os.environ[env_name(name)] = str(value)
     sockets = config.create_sockets()
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
+    stopping = False
+
+    def on_signal(*_: Any) -> None:
+        nonlocal stopping
+        if not stopping:  # once: the event's lock is not reentrant
+            stopping = True
+            stop.set()
+
+    # Workers start with SIGINT ignored (a Ctrl-C reaches the whole process group, and would
+    # interrupt one half started): the parent tells them through `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     processes = [context.Process(target=run_server, args=(config, None, stop, sockets),
                                  name=f"c8ws-worker-{number}") for number in range(workers)]
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     for process in processes:
         process.start()
-    exitcode = 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    # The workers have the socket now; without the parent's copy it stops listening with them.
+    for held in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        held.detach()
+    listening.close()
+    exitcode, deadline = 0, None
     running = list(processes)
     while running:
-        wait([process.sentinel for process in running])
+        wait([process.sentinel for process in running], timeout=1)
         for process in [process for process in running if process.exitcode is not None]:
             running.remove(process)
-            if not stop.is_set():
-                exitcode = process.exitcode or 1
-                stop.set()
+            if not stopping:
+                exitcode = process.exitcode if process.exitcode and process.exitcode > 0 else 1
+                on_signal()
+        if stopping and running:
+            deadline = deadline or time.monotonic() + 2 * config.graceful_timeout + 5
+            if time.monotonic() > deadline:
+                for process in running:
+                    process.kill()
     sys.exit(exitcode)
 
 

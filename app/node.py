@@ -135,11 +135,11 @@ class Node:
     async def drain(self) -> None:
         """Close every member with 1001 and wait (bounded) until they are gone."""
         self.draining.set()
-        for member in list(self._live):
-            member.close(CloseCode.GOING_AWAY, "server shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.shutdown_timeout
         while self._live and loop.time() < deadline:
+            for member in list(self._live):  # again and again: one may join while we wait
+                member.close(CloseCode.GOING_AWAY, "server shutting down")
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:

@@ -8,7 +8,7 @@ import secrets
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-MAX_AGE = 24 * 3600  # seconds a link stays good
+MAX_AGE = 15 * 60  # seconds a link stays good: one from old logs is dead after a restart
 
 
 class SigninLinks:

@@ -129,6 +129,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
     if node.draining.is_set():  # come as the server stops: let in, it would be cut off (1011)
         await websocket.accept()
         await websocket.close(CloseCode.GOING_AWAY, "server shutting down")
+        await discard_until_disconnect(REFUSAL_LINGER)
         return
     try:
         member, params = await admit(node, dialect, channel)

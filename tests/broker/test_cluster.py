@@ -13,11 +13,21 @@ from typing import Any
 
 import orjson
 import pytest
+import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tests.broker.conftest import RedisServer
 from tests.http import Client
-from tests.live import UNIT, Server, closed_with, connect, recv, recv_json, recv_kind
+from tests.live import (
+    UNIT,
+    Server,
+    StalledClient,
+    closed_with,
+    connect,
+    recv,
+    recv_json,
+    recv_kind,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -141,10 +151,23 @@ async def test_workers_close_their_members_with_1001_when_stopped(
     live = make_server({"C8WS_BROKER_URL": redis_server.url, "C8WS_WORKERS": "2"})
     clients = [await connect(live.ws("/v3/leaving?api_key=demo")) for _ in range(6)]
     assert await status(clients[0]) == {"system": {"connection_count": 6}}
+    stalled = StalledClient(live.port, "/v3/leaving?api_key=demo")  # keeps its worker busy
     stopped = asyncio.create_task(asyncio.to_thread(live.stop, sig))
     codes = [(await closed_with(client, 10))[0] for client in clients]
     assert codes == [1001] * 6
+    # A worker still draining: a client coming back is refused at once, or closed with 1001 by
+    # a worker yet to see the stop; never accepted into a backlog nobody reads (the parent's
+    # copy of the socket used to keep listening, and such a client hung).
+    try:
+        again = await asyncio.wait_for(connect(live.ws("/v3/leaving?api_key=demo")), 2 * UNIT)
+    except TimeoutError:
+        pytest.fail("a client coming back hung")
+    except (OSError, websockets.InvalidHandshake):
+        pass
+    else:
+        assert (await closed_with(again, 10))[0] == 1001
     assert await stopped == 0
+    stalled.close()
     assert "Traceback" not in live.log()
 
 
