@@ -109,6 +109,11 @@
     return config;
   }
 
+  // Milliseconds that never go back (the wall clock may, when it is set), for the pacing.
+  function monotonicMs() {
+    return global.performance && typeof global.performance.now === "function" ? global.performance.now() : Date.now();
+  }
+
   function present(value) {
     return value !== undefined && value !== null && value !== "";
   }
@@ -516,7 +521,7 @@
     // The server's bucket for this connection starts full; so does its mirror.
     var rate = typeof welcome.msg_rate === "number" ? welcome.msg_rate * PACE_MARGIN : 0;
     var burst = typeof welcome.msg_burst === "number" ? Math.max(1, Math.floor(welcome.msg_burst * PACE_MARGIN)) : 1;
-    this._bucket = rate > 0 ? { rate: rate, burst: burst, tokens: burst, updated: Date.now() } : null;
+    this._bucket = rate > 0 ? { rate: rate, burst: burst, tokens: burst, updated: monotonicMs() } : null;
     this._setState(State.OPEN);
     this._openedAt = Date.now();
     this._status("open");
@@ -702,7 +707,7 @@
     if (bucket === null) {
       return true;
     }
-    var now = Date.now();
+    var now = monotonicMs();
     bucket.tokens = Math.min(bucket.burst, bucket.tokens + ((now - bucket.updated) * bucket.rate) / 1000);
     bucket.updated = now;
     if (bucket.tokens < 1) {
