@@ -11,7 +11,7 @@ import random
 import secrets
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -780,16 +780,27 @@ def scripts_refused(admin: redis.Redis) -> Iterator[None]:
         admin.execute_command("ACL", "SETUSER", "default", "+eval", "+evalsha")
 
 
+@contextlib.asynccontextmanager
+async def lone_node(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[Peer, redis.Redis]]:
+    """A node (heartbeat TTL of one unit) on a Redis of its own, and a client of that Redis for
+    the test to change it under the node."""
+    require_redis_server()
+    server = RedisServer(tmp_path).start()
+    cluster = Cluster("redis", server.url, prefix)
+    admin = redis.Redis.from_url(server.url)
+    try:
+        yield await cluster.node(heartbeat_ttl=UNIT), admin
+    finally:
+        admin.close()
+        await cluster.close()
+        server.stop()
+
+
 async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Path) -> None:
     """An uncount that fails while Redis keeps its data (here, scripts refused for a moment)
     would keep a member that left counted for as long as its node lives; the node's next
     heartbeat replaces the channel's count with what is true on the node."""
-    require_redis_server()
-    server = RedisServer(tmp_path).start()
-    cluster = Cluster("redis", server.url, "c8ws-resync:")
-    admin = redis.Redis.from_url(server.url)
-    try:
-        a = await cluster.node(heartbeat_ttl=UNIT)
+    async with lone_node(tmp_path, "c8ws-resync:") as (a, admin):
         key = new_channel()
         assert await a.broker.add_connection(key, "a:1") == 1
         assert await a.broker.add_connection(key, "a:2") == 2
@@ -797,22 +808,13 @@ async def test_a_failed_uncount_is_set_right_on_the_next_heartbeat(tmp_path: Pat
             await a.broker.remove_connection(key, "a:2")
         assert await a.broker.count_connections(key) == 2  # Redis still counts it
         assert await until_async(lambda: _count_is(a, key, 1), 10)
-    finally:
-        admin.close()
-        await cluster.close()
-        server.stop()
 
 
 async def test_a_failed_restore_is_tried_again_on_the_next_heartbeat(tmp_path: Path) -> None:
     """Redis loses everything and the restore on the heartbeat that finds out fails (here,
     scripts refused for a moment): that heartbeat set the node's key all the same, so the next
     one must still restore, or the node's members stay uncounted and out of rosters for good."""
-    require_redis_server()
-    server = RedisServer(tmp_path).start()
-    cluster = Cluster("redis", server.url, "c8ws-retry:")
-    admin = redis.Redis.from_url(server.url)
-    try:
-        a = await cluster.node(heartbeat_ttl=UNIT)
+    async with lone_node(tmp_path, "c8ws-retry:") as (a, admin):
         key = new_channel()
         assert await a.broker.add_connection(key, "a:1") == 1
         await a.presence.join(key, "a:1", "u-ann", "ann")
@@ -822,10 +824,6 @@ async def test_a_failed_restore_is_tried_again_on_the_next_heartbeat(tmp_path: P
             await asyncio.sleep(UNIT * 2 / 3 + 0.1)
         assert await until_async(lambda: _count_is(a, key, 1), 10)
         assert await until_async(lambda: _bob_finds_ann(a, key, "a:2"), 10)
-    finally:
-        admin.close()
-        await cluster.close()
-        server.stop()
 
 
 async def test_a_redis_restored_from_an_old_snapshot_never_repeats_a_seq(
