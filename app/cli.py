@@ -204,8 +204,8 @@ def run_server(config: Any, overrides: dict[str, Any] | None = None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         while not stopping.is_set() and not (stop is not None and stop.is_set()):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), STOP_POLL)
+            with contextlib.suppress(TimeoutError):  # one process alone waits, not polls
+                await asyncio.wait_for(stopping.wait(), None if stop is None else STOP_POLL)
         draining.append(asyncio.create_task(node.drain(), name="drain"))
 
     draining: list[asyncio.Task[None]] = []  # kept referenced while it runs
