@@ -1,8 +1,11 @@
 """The shim's own behaviour in a page of a widget author's site, where the docs' examples do not
-reach: a token function that fails, and the destroy event's listeners."""
+reach: a token function that fails, the destroy event's listeners, pacing, counts and a server
+that cannot be reached."""
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Callable
 
@@ -94,3 +97,44 @@ a.onOpen = function () { watch("b").onOpen = function () { document.title = "bot
     expect(page).to_have_title("both open")
     page.wait_for_timeout(1500)  # past the server's next count frames
     assert page.evaluate("window.seen") == {"a": [1, 2], "b": [2]}
+
+
+def test_a_server_that_cannot_be_reached_is_said_once_per_outage(
+        page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
+    """Attempts that fail before the server answers (1006) give onError `unreachable` once,
+    however many there are, and again after the next connection drops; a widget used to hear
+    nothing while its server was down."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    channel = fresh("down")
+    script = f"""var Native = window.WebSocket;
+window.down = true;
+window.attempts = 0;
+window.WebSocket = function (url) {{
+  window.attempts += 1;
+  return new Native(window.down ? url.replace(/^ws:\\/\\/[^/]+/, "ws://127.0.0.1:{dead}") : url);
+}};
+window.WebSocket.prototype = Native.prototype;
+window.errors = [];
+var ws = new c8PlayerApi.webSocket();
+window.ws = ws;
+ws.onError = function (error) {{ window.errors.push(error.code); }};
+ws.onOpen = function () {{ document.title = "open as " + ws.clientId; }};"""
+    page.goto(own_site("down.html", page_with(live, f"{{channel: '{channel}'}}", script)))
+    for attempts in (2, 3, 4):
+        page.wait_for_function("window.ws.state === 'waiting'")
+        page.evaluate("c8PlayerApi.reconnectNow()")
+        page.wait_for_function(f"window.attempts >= {attempts} && window.ws.state === 'waiting'")
+    assert page.evaluate("window.errors") == ["unreachable"]
+
+    page.evaluate("window.down = false; c8PlayerApi.reconnectNow()")
+    expect(page).to_have_title(re.compile(r"^open as \w+$"), timeout=10_000 * UNIT)
+    client_id = page.title().removeprefix("open as ")
+    page.evaluate("window.down = true")
+    status, _, _ = Client(live.http).request(
+        "POST", f"/api/channels/{channel}/members/{client_id}/disconnect",
+        headers={"X-Api-Secret": live.secret})
+    assert status == 200
+    page.wait_for_function("window.errors.length === 2", timeout=15_000 * UNIT)
+    assert page.evaluate("window.errors") == ["unreachable", "unreachable"]

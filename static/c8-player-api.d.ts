@@ -161,6 +161,8 @@ declare namespace c8PlayerApi {
   type ErrorCode =
     /** The server refused the connection (fatal frame, then a terminal close); no reconnect. */
     | "refused"
+    /** The browser could not connect (server down or unreachable); once per outage. */
+    | "unreachable"
     /** A resume could not fill the gap: reload the widget's state. */
     | "recovery_failed"
     /** A publish was over the server's frame limit and was not sent. */

@@ -287,6 +287,7 @@
     this.onActiveConnectionsChange = null;
     this.onClose = null;
     this.onError = null;
+    this._outageTold = false; // onError had `unreachable` since the last open
 
     this._id = nextSocketId++;
     this._config = resolveConfig(options);
@@ -621,10 +622,17 @@
     }
     this._setState(State.WAITING);
     if (wasOpen) {
+      this._outageTold = false;
       this._reportClose(event, true);
-      if (this._state === State.CLOSED) {
-        return; // onClose called close()
-      }
+    } else if (event.code === 1006 && !this._outageTold) {
+      // The browser could not connect at all (server down, wrong address, upgrade refused):
+      // said once per outage, not on every attempt, so a widget can show that it is offline.
+      this._outageTold = true;
+      this._error("unreachable", "c8PlayerApi: cannot connect to " + serverBase(this._config.url) +
+        "; trying again.");
+    }
+    if (this._state === State.CLOSED) {
+      return; // onClose or onError called close()
     }
     this._scheduleReconnect(event.code);
   };
