@@ -79,10 +79,13 @@ def _decrement(counter: Counter[str], key: str) -> None:
 
 @dataclass
 class Batch:
-    """Persistent records waiting for one commit, with their senders' answers; `published` is
-    done once every one of them has been handed to the broker (or answered with an error)."""
+    """Persistent records waiting for one commit, and their senders' answers in the same order
+    (two lists: a pair per record would be one more object per publish that lives until the
+    commit, for the garbage collector's young passes to walk); `published` is done once every
+    one of them has been handed to the broker (or answered with an error)."""
 
-    waiting: list[tuple[Record, Answer]]
+    records: list[Record]
+    answers: list[Answer]
     published: asyncio.Future[None]
 
 
@@ -396,10 +399,11 @@ class Node:
         commit = self.store.append_record(record)
         batch = self._batches.get(commit)
         if batch is None:
-            batch = Batch([], asyncio.get_running_loop().create_future())
+            batch = Batch([], [], asyncio.get_running_loop().create_future())
             self._batches[commit] = batch
             commit.add_done_callback(self._stored)
-        batch.waiting.append((record, answer))
+        batch.records.append(record)
+        batch.answers.append(answer)
         self._storing[record.key] = batch.published
 
     def _stored(self, commit: asyncio.Future[None]) -> None:
@@ -419,13 +423,13 @@ class Node:
             failure = error
             if failure is None:
                 try:
-                    await self.broker.publish_all([record for record, _ in batch.waiting])
+                    await self.broker.publish_all(batch.records)
                 except Exception as raised:  # the answers tell the senders
                     failure = raised
-            for _, answer in batch.waiting:
+            for answer in batch.answers:
                 _tell(answer, failure)
         finally:
-            for record, _ in batch.waiting:
+            for record in batch.records:
                 if self._storing.get(record.key) is batch.published:
                     del self._storing[record.key]
             batch.published.set_result(None)

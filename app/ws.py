@@ -208,6 +208,7 @@ async def read_loop(node: Node, member: Member) -> None:
     parse = parse_c8 if member.dialect is Dialect.C8 else parse_piesocket
     limit = member.limits.max_frame_bytes
     bucket = member.bucket
+    member.answer_stored = partial(_answer_stored, member, None, None)
     while member.state is MemberState.OPEN:
         received = await websocket.receive()
         frame: Frame = b"" if received is None else received  # Quart: empty binary is None
@@ -294,14 +295,17 @@ async def _publish(node: Node, member: Member, rid: str | None, **message: Any) 
     except BrokerError as error:
         _answer(member, rid, None, error)
         return
-    node.store_then_publish(record, partial(_answer_stored, member, rid, record))
+    answer = member.answer_stored
+    if rid is not None or answer is None:
+        answer = partial(_answer_stored, member, rid, record)
+    node.store_then_publish(record, answer)
     in_flight = member.in_flight
     in_flight.started()  # after: answers come from callbacks, never before this returns
     if in_flight.count >= MAX_PIPELINED:
         await in_flight.wait_until(MAX_PIPELINED - 1)
 
 
-def _answer_stored(member: Member, rid: str | None, record: Record,
+def _answer_stored(member: Member, rid: str | None, record: Record | None,
                    error: BaseException | None) -> None:
     member.in_flight.finished()
     if error is not None or rid is not None:  # most stored publishes want no answer
