@@ -168,6 +168,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
                 await asyncio.wait_for(writer, node.settings.shutdown_timeout)
     finally:
         member.mark_gone()
+        member.answer_stored = None  # it refers to the member: freed now, not by a full GC pass
         if writer is not None and not writer.done():
             writer.cancel()
         await node.leave(member)
