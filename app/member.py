@@ -165,7 +165,7 @@ class Member:
     resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
     # Answers the member's persistent publishes that asked for no reply: one object for all of
-    # them (set by its read loop), not one per publish waiting for its commit.
+    # them (set while its connection is served), not one per publish waiting for its commit.
     answer_stored: Callable[[BaseException | None], None] | None = field(default=None, repr=False)
     # Set once accepted when frames can go straight to the socket (app/wire.py); then queued
     # frames are written by `flusher`.

@@ -155,6 +155,7 @@ async def serve(dialect: Dialect, channel: str) -> None:
         send = cast(ASGISend, cast(dict[str, Any], websocket.scope)[RAW_SEND])
         member.attach(direct_socket(send, node.settings.shutdown_timeout))
         writer = asyncio.create_task(member.run_writer(send, websocket.close))
+        member.answer_stored = partial(_answer_stored, member, None, None)
         await read_loop(node, member)
         await writer
         await discard_until_disconnect(node.settings.shutdown_timeout)
@@ -209,7 +210,6 @@ async def read_loop(node: Node, member: Member) -> None:
     parse = parse_c8 if member.dialect is Dialect.C8 else parse_piesocket
     limit = member.limits.max_frame_bytes
     bucket = member.bucket
-    member.answer_stored = partial(_answer_stored, member, None, None)
     while member.state is MemberState.OPEN:
         received = await websocket.receive()
         frame: Frame = b"" if received is None else received  # Quart: empty binary is None

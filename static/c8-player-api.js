@@ -237,6 +237,9 @@
   // ---- the event bus -------------------------------------------------------------------------
 
   var listeners = {};
+  // The shim's own listeners (closing its sockets on widgetDestroy): called first, and off()
+  // does not take them away.
+  var ownListeners = {};
 
   function on(event, fn) {
     if (typeof fn !== "function") {
@@ -262,11 +265,8 @@
 
   function emit(event) {
     var args = Array.prototype.slice.call(arguments, 1);
-    if (event === "widgetDestroy") {
-      closeAll(); // the shim's own part, which off() does not take away
-    }
     // A copy: listeners may add or remove listeners while being called.
-    var list = (listeners[event] || []).slice();
+    var list = (ownListeners[event] || []).concat(listeners[event] || []);
     var config = resolveConfig();
     for (var i = 0; i < list.length; i++) {
       guard(config, "listener for " + event, list[i], null, args);
@@ -1000,6 +1000,8 @@
   api.version = VERSION;
   if (hostBus) {
     api.on("widgetDestroy", closeAll);
+  } else {
+    ownListeners.widgetDestroy = [closeAll];
   }
   global.c8PlayerApi = api;
 })(typeof window !== "undefined" ? window : this);
