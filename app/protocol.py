@@ -13,7 +13,7 @@ import orjson
 from marshmallow import ValidationError
 
 from app.errors import ClientError, ErrorCode
-from app.limits import Limits
+from app.limits import TokenBucket
 from app.records import Record
 from app.schemas import C8_FRAME_SCHEMAS, first_error
 
@@ -189,15 +189,16 @@ def error_frame(dialect: Dialect, code: str, message: str, rid: str | None = Non
 
 
 def welcome_frame(client_id: str, channel: str, epoch: str, seq: int, connections: int,
-                  limits: Limits) -> str:
-    """The c8 welcome, with the limits a client paces itself by (the shim sends no faster than
-    `msg_rate` a second after a burst of `msg_burst`, so what it queued is not dropped)."""
-    rate = limits.msg_rate
+                  max_frame_bytes: int, bucket: TokenBucket) -> str:
+    """The c8 welcome, with the limits a client paces itself by: the connection's own bucket's
+    (the shim sends no faster than `msg_rate` a second after a burst of `msg_burst`, so what it
+    queued is not dropped)."""
+    rate = bucket.rate
     return _json(
         {"welcome": {"client_id": client_id, "channel": channel, "epoch": epoch, "seq": seq,
-                     "connections": connections, "max_frame_bytes": limits.max_frame_bytes,
+                     "connections": connections, "max_frame_bytes": max_frame_bytes,
                      "msg_rate": int(rate) if rate == int(rate) else rate,
-                     "msg_burst": limits.msg_burst}}
+                     "msg_burst": int(bucket.burst)}}
     )
 
 

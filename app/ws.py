@@ -186,7 +186,8 @@ async def queue_first_frames(
     if c8:
         channel_epoch, seq = await node.position(member.key)
         frames.append(Outgoing(welcome_frame(
-            member.client_id, member.key[1], channel_epoch, seq, connections, member.limits)))
+            member.client_id, member.key[1], channel_epoch, seq, connections,
+            member.limits.max_frame_bytes, member.bucket)))
     if member.presence and not c8:
         frames.append(Outgoing(member_list_frame([m.public() for m in roster])))
     after = 0

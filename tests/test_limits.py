@@ -163,3 +163,13 @@ async def test_connections_arriving_together_cannot_pass_the_limit(server: Serve
         assert len(refused) == 45
     finally:
         await asyncio.gather(*(client.close() for client in clients))
+
+
+async def test_the_welcome_tells_the_rate_the_connection_is_held_to(server: Server) -> None:
+    """The c8 welcome's msg_rate and msg_burst are what the connection's bucket enforces: a
+    burst set to 0 still lets one frame through, so the welcome says 1 (it said 0, and a
+    client pacing by it would never send)."""
+    key = new_app(server, msg_rate="2.5", msg_burst="0")
+    async with await connect(server.ws(f"/c8/told?api_key={key}")) as client:
+        welcome = (await recv_json(client))["welcome"]
+    assert (welcome["msg_rate"], welcome["msg_burst"]) == (2.5, 1)
