@@ -137,4 +137,9 @@ ws.onOpen = function () {{ document.title = "open as " + ws.clientId; }};"""
         headers={"X-Api-Secret": live.secret})
     assert status == 200
     page.wait_for_function("window.errors.length === 2", timeout=15_000 * UNIT)
+    tried = page.evaluate("window.attempts")
+    for attempts in (tried + 1, tried + 2):  # more failed attempts in this outage: silent
+        page.wait_for_function("window.ws.state === 'waiting'")
+        page.evaluate("c8PlayerApi.reconnectNow()")
+        page.wait_for_function(f"window.attempts >= {attempts} && window.ws.state === 'waiting'")
     assert page.evaluate("window.errors") == ["unreachable", "unreachable"]
