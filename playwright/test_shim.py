@@ -95,7 +95,8 @@ var a = watch("a");
 a.onOpen = function () { watch("b").onOpen = function () { document.title = "both open"; }; };"""
     page.goto(own_site("count.html", page_with(live, f"{{channel: '{fresh('cnt')}'}}", script)))
     expect(page).to_have_title("both open")
-    page.wait_for_timeout(1500)  # past the server's next count frames
+    page.wait_for_function("window.seen.a.length >= 2 && window.seen.b.length >= 1")
+    page.wait_for_timeout(1500)  # past the server's next count frames, which must add nothing
     assert page.evaluate("window.seen") == {"a": [1, 2], "b": [2]}
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from app import create_app
 from app.broker.base import BrokerError
 from tests.broker.conftest import free_port
 from tests.http import Client
-from tests.live import Server
+from tests.live import UNIT, Server
 
 
 def c8ws(*args: str) -> subprocess.CompletedProcess[str]:
@@ -158,6 +159,9 @@ def test_a_failed_start_lets_the_store_go(tmp_path: Path) -> None:
     before = threading.active_count()
     with pytest.raises(BrokerError):
         asyncio.run(app.startup())
+    deadline = time.monotonic() + 5 * UNIT  # a closed connection's thread ends just after
+    while threading.active_count() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert threading.active_count() == before
 
 
