@@ -38,6 +38,10 @@
       .then(function (r) { return r.json(); });
   }
 
+  function tell(text) {
+    document.getElementById("action-status").textContent = text;
+  }
+
   function renderMembers(name) {
     var channel = channels[name];
     api("/api/channels/" + encodeURIComponent(name) + "/connections").then(function (data) {
@@ -60,11 +64,22 @@
           button.disabled = true;
           api("/api/channels/" + encodeURIComponent(name) + "/members/" +
               encodeURIComponent(m.client_id) + "/disconnect", "POST").then(function (result) {
+            if (result.error && result.error.code !== "not_found") {  // not_found: gone already
+              throw new Error(result.error.message);
+            }
             button.textContent = result.disconnected ? "Disconnected" : "Already gone";
+            // Said above the table too: the member's row goes once the count changes, and the
+            // channel's row with it when that member was the last.
+            tell(result.disconnected
+              ? "Disconnected " + m.client_id + " from " + name + " (close code 4000)."
+              : m.client_id + " had already left " + name + ".");
             // Closed with 4000, a client may come back at once: show who is there now.
             setTimeout(function () {
               if (channels[name] === channel && channel.expanded) renderMembers(name);
             }, RELIST_MS);
+          }).catch(function (error) {
+            button.disabled = false;
+            tell("Could not disconnect " + m.client_id + ": " + error.message);
           });
         });
         action.appendChild(button);
