@@ -1,6 +1,6 @@
 """The shim's own behaviour in a page of a widget author's site, where the docs' examples do not
-reach: a token function that fails, the destroy event's listeners, pacing, counts and a server
-that cannot be reached."""
+reach: a token function that fails, the destroy event's listeners and names, pacing, counts and
+a server that cannot be reached."""
 
 from __future__ import annotations
 
@@ -49,6 +49,21 @@ ws.onOpen = function () {
     page.goto(own_site("destroy.html", page_with(live, f"{{channel: '{fresh('bye')}'}}", script)))
     expect(page.locator("body")).to_have_attribute("data-state", "closed")
     assert page.title() != "listener ran"
+
+
+def test_event_names_are_any_strings(
+        page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
+    """An event named like an Object property ("constructor", "toString") is an event like
+    any other: emitting one nobody listens to is quiet, and its listeners are called (the bus
+    used to find Object's own functions there and throw)."""
+    script = """var heard = [];
+c8PlayerApi.emit("toString");
+c8PlayerApi.on("constructor", function (value) { heard.push(value); });
+c8PlayerApi.emit("constructor", 7);
+c8PlayerApi.off("hasOwnProperty");
+document.title = "heard " + heard.join(",");"""
+    page.goto(own_site("names.html", page_with(live, "{}", script)))
+    expect(page).to_have_title("heard 7")
 
 
 def test_publishes_queued_before_the_welcome_all_arrive(

