@@ -118,8 +118,8 @@ a.onOpen = function () { watch("b").onOpen = function () { document.title = "bot
 def test_a_server_that_cannot_be_reached_is_said_once_per_outage(
         page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
     """Attempts that fail before the server answers (1006) give onError `unreachable` once,
-    however many there are, and again after the next connection drops; a widget used to hear
-    nothing while its server was down."""
+    however many there are, and again after the next connection drops, until the widget closes
+    its socket; a widget used to hear nothing while its server was down."""
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
@@ -159,3 +159,14 @@ ws.onOpen = function () {{ document.title = "open as " + ws.clientId; }};"""
         page.evaluate("c8PlayerApi.reconnectNow()")
         page.wait_for_function(f"window.attempts >= {attempts} && window.ws.state === 'waiting'")
     assert page.evaluate("window.errors") == ["unreachable", "unreachable"]
+
+    # Closed by the widget during the outage: closed for good, and nothing more said or tried.
+    page.evaluate("""window.closes = [];
+ws.onClose = function (event) { window.closes.push(event.willReconnect); };
+ws.close();
+c8PlayerApi.reconnectNow();""")
+    page.wait_for_function("window.ws.state === 'closed'")
+    tried = page.evaluate("window.attempts")
+    page.wait_for_timeout(1000)  # past the backoff's first delays
+    assert page.evaluate("[window.errors, window.closes, window.attempts]") == [
+        ["unreachable", "unreachable"], [False], tried]
