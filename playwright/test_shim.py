@@ -8,10 +8,12 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from pages import fresh
 from playwright.sync_api import Page, expect
 
+from tests.broker.conftest import RedisServer, require_redis_server
 from tests.http import Client
 from tests.live import UNIT, Server
 
@@ -170,3 +172,37 @@ c8PlayerApi.reconnectNow();""")
     page.wait_for_timeout(1000)  # past the backoff's first delays
     assert page.evaluate("[window.errors, window.closes, window.attempts]") == [
         ["unreachable", "unreachable"], [False], tried]
+
+
+def test_a_server_that_cannot_reach_its_redis_is_said_once_per_outage(
+        page: Page, own_site: Callable[[str, str], str], tmp_path: Path) -> None:
+    """Joins turned away with 1013 while the server's Redis is down give onError `unreachable`
+    once, with the server's reason and the close code, and the widget opens once Redis is back
+    (it used to wait in silence)."""
+    require_redis_server()
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis").start()
+    server = Server(tmp_path / "data", {"C8WS_BROKER_URL": redis.url}).start()
+    try:
+        redis.stop()
+        script = """window.errors = [];
+var ws = new c8PlayerApi.webSocket();
+window.ws = ws;
+ws.onError = function (error) { window.errors.push([error.code, error.closeCode, error.message]); };
+ws.onOpen = function () { document.title = "open"; };"""
+        page.goto(own_site("nobroker.html", page_with(server, "{channel: 'nobroker'}", script)))
+        for _ in range(3):  # refused again and again: said once
+            page.wait_for_function("window.ws.state === 'waiting' && window.errors.length > 0",
+                                   timeout=15_000 * UNIT)
+            page.evaluate("c8PlayerApi.reconnectNow()")
+        page.wait_for_function("window.ws.state === 'waiting'", timeout=15_000 * UNIT)
+        [(code, close_code, message)] = page.evaluate("window.errors")
+        assert (code, close_code) == ("unreachable", 1013)
+        assert "broker" in message and message.endswith("trying again.")
+        redis.start()
+        page.evaluate("c8PlayerApi.reconnectNow()")
+        expect(page).to_have_title("open", timeout=20_000 * UNIT)
+        assert len(page.evaluate("window.errors")) == 1
+    finally:
+        server.stop()
+        redis.stop()

@@ -161,7 +161,8 @@ declare namespace c8PlayerApi {
   type ErrorCode =
     /** The server refused the connection (fatal frame, then a terminal close); no reconnect. */
     | "refused"
-    /** The browser could not connect (server down or unreachable); once per outage. */
+    /** No connection (server down or unreachable, or turning joins away for now: 1013, 4029);
+     * once per outage, while the shim keeps trying. */
     | "unreachable"
     /** A resume could not fill the gap: reload the widget's state. */
     | "recovery_failed"
@@ -191,7 +192,8 @@ declare namespace c8PlayerApi {
   interface ErrorInfo {
     code: ErrorCode;
     message: string;
-    /** With `refused`: the close code (4001–4004, 4009, 1008; 1006 when the browser lost it). */
+    /** With `refused`: the close code (4001–4004, 4009, 1008; 1006 when the browser lost it).
+     * With `unreachable`: 1006, or 1013 / 4029 when the server turned the join away. */
     closeCode?: number;
   }
 

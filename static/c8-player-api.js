@@ -624,12 +624,17 @@
     if (wasOpen) {
       this._outageTold = false;
       this._reportClose(event, true);
-    } else if (event.code === 1006 && !this._outageTold) {
-      // The browser could not connect at all (server down, wrong address, upgrade refused):
-      // said once per outage, not on every attempt, so a widget can show that it is offline.
+    } else if (!this._outageTold) {
+      // No connection: the server is down or out of reach (1006), or it turns joins away for
+      // now (1013: its broker is unreachable; 4029: too many connections). Said once per
+      // outage, not on every attempt, so a widget can show that it is offline.
       this._outageTold = true;
-      this._error("unreachable", "c8PlayerApi: cannot connect to " + serverBase(this._config.url) +
-        "; trying again.");
+      var server = serverBase(this._config.url);
+      this._error("unreachable", event.code === 1006
+        ? "c8PlayerApi: cannot connect to " + server + "; trying again."
+        : "c8PlayerApi: " + server + " turned the connection away for now (" +
+          (this._fatalMessage || event.reason || "close code " + event.code) + "); trying again.",
+        { closeCode: event.code });
     }
     if (this._state === State.CLOSED) {
       return; // onClose or onError called close()
