@@ -186,6 +186,20 @@ def test_throwing_widget_is_reported_and_others_keep_working(page: Page, live: S
         expect(playground.card(name)).not_to_have_class(re.compile(r"\bhas-error\b"))
 
 
+def test_a_handler_that_throws_is_reported_once(page: Page, live: Server) -> None:
+    """A widget's onOpen that throws shows in the viewer's console once, with its stack (the
+    shim's own console line used to show as well)."""
+    playground = Playground(page, live.http).open("chat")
+    playground.set_code("html", BARE_HTML)
+    playground.set_code("js", BARE_JS + 'ws.onOpen = function () { throw new Error("kaboom"); };\n')
+    playground.reload_all()
+    console = playground.console("alice")
+    expect(console.locator("li.error")).to_contain_text(["kaboom"])
+    page.wait_for_timeout(500)  # the other copy, if any, would have come with it
+    expect(console.locator("li", has_text="kaboom")).to_have_count(1)
+    expect(console.locator("li.error")).to_contain_text(["onOpen threw: kaboom"])
+
+
 def test_an_invalid_channel_is_refused_and_said(page: Page, live: Server) -> None:
     """A channel id the server would refuse is named as such, and the viewers keep running on
     their channel; reloaded with it anyway, each viewer says why it did not start (it used to

@@ -279,7 +279,8 @@
       logLine(viewer, "info", "socket " + message.status +
               (message.code ? " (" + message.code + ")" : ""));
     } else if (message.c8ws === "error") {
-      logLine(viewer, "error", "✖ " + String(message.message) +
+      logLine(viewer, "error", "✖ " + (message.where ? String(message.where) + " threw: " : "") +
+              String(message.message) +
               (message.stack ? "\n" + String(message.stack) : ""));
     } else if (message.c8ws === "console") {
       logLine(viewer, message.level === "error" ? "error" : "log",

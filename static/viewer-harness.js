@@ -24,11 +24,17 @@
            stack: reason && reason.stack ? String(reason.stack) : "" });
   });
 
+  // What the shim logs of widget code that threw ("c8PlayerApi: onOpen threw", error) it
+  // reports to the host itself, with the stack: forwarded too, it showed twice.
+  var SHIM_REPORT = /^c8PlayerApi: .+ threw$/;
+
   ["log", "info", "warn", "error"].forEach(function (level) {
     var original = console[level];
-    console[level] = function () {
-      post({ c8ws: "console", level: level,
-             message: Array.prototype.map.call(arguments, describe).join(" ") });
+    console[level] = function (first) {
+      if (!(level === "error" && typeof first === "string" && SHIM_REPORT.test(first))) {
+        post({ c8ws: "console", level: level,
+               message: Array.prototype.map.call(arguments, describe).join(" ") });
+      }
       return original.apply(console, arguments);
     };
   });
