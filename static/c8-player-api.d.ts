@@ -161,7 +161,8 @@ declare namespace c8PlayerApi {
   type ErrorCode =
     /** The server refused the connection (fatal frame, then a terminal close); no reconnect. */
     | "refused"
-    /** No connection (server down or unreachable, or turning joins away for now: 1013, 4029);
+    /** No connection (server down or unreachable, or turning joins away for now: 1013, 4029,
+     * 1001, or any other close before the welcome that is not a refusal);
      * once per outage, while the shim keeps trying. */
     | "unreachable"
     /** A resume could not fill the gap: reload the widget's state. */
@@ -193,7 +194,8 @@ declare namespace c8PlayerApi {
     code: ErrorCode;
     message: string;
     /** With `refused`: the close code (4001–4004, 4009, 1008; 1006 when the browser lost it).
-     * With `unreachable`: 1006, or 1013 / 4029 when the server turned the join away. */
+     * With `unreachable`: 1006, or the code the server turned the join away with (1013, 4029,
+     * 1001…). */
     closeCode?: number;
   }
 

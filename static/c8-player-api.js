@@ -626,8 +626,9 @@
       this._reportClose(event, true);
     } else if (!this._outageTold) {
       // No connection: the server is down or out of reach (1006), or it turns joins away for
-      // now (1013: its broker is unreachable; 4029: too many connections). Said once per
-      // outage, not on every attempt, so a widget can show that it is offline.
+      // now (1013: its broker is unreachable; 4029: too many connections; 1001: it is shutting
+      // down). Said once per outage, not on every attempt, so a widget can show that it is
+      // offline.
       this._outageTold = true;
       var server = serverBase(this._config.url);
       this._error("unreachable", event.code === 1006

@@ -35,7 +35,10 @@
   function api(path, method) {
     return fetch(path, { method: method || "GET", credentials: "same-origin",
                          headers: { "X-CSRF-Token": page.csrf } })
-      .then(function (r) { return r.json(); });
+      .then(function (r) {
+        // Our errors are JSON; a proxy's or a crash's page is not: say its status instead.
+        return r.json().catch(function () { throw new Error("HTTP " + r.status); });
+      });
   }
 
   function tell(text) {
