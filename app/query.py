@@ -80,9 +80,9 @@ class _Compiler:
 
     def where(self, app: str, channel: str, filters: list[dict[str, Any]],
               seqs: range | None = None) -> str:
-        """`seqs` keeps records whose seq is in the range: a bounded range on the primary key,
-        which SQLite's planner then prefers to a one-sided range on `created`."""
-        clauses = [f"app = {self.bind(app)}", f"channel = {self.bind(channel)}"]
+        """`seqs` keeps records whose seq is in the range: a bounded range on the (channel,
+        seq) key, which SQLite's planner then prefers to a one-sided range on `created`."""
+        clauses = [self.dialect.channel_records(self, app, channel)]
         if seqs is not None:
             bound = self.dialect.bind_number
             clauses += [f"seq >= {bound(self, seqs.start)}", f"seq < {bound(self, seqs.stop)}"]
@@ -156,6 +156,15 @@ class Dialect(ABC):
     def placeholder(self, number: int) -> str:
         """The text naming bound parameter `number` (counted from 1)."""
 
+    def channel_records(self, c: _Compiler, app: str, channel: str) -> str:
+        """The condition keeping one channel's rows of `records`."""
+        return f"app = {c.bind(app)} AND channel = {c.bind(channel)}"
+
+    def channel_count(self, c: _Compiler, app: str, channel: str) -> str:
+        """A scalar subquery: how many records the channel holds, as its appends counted them."""
+        return (f"(SELECT records FROM channel_counts "
+                f"WHERE app = {c.bind(app)} AND channel = {c.bind(channel)})")
+
     def bind_number(self, c: _Compiler, value: int | float) -> str:
         return c.bind(value)
 
@@ -203,6 +212,17 @@ class SqliteDialect(Dialect):
 
     def placeholder(self, number: int) -> str:
         return f"?{number}"
+
+    def channel_records(self, c: _Compiler, app: str, channel: str) -> str:
+        # Records carry their channel's number (migration 0005); a channel never stored has
+        # none, and the condition keeps nothing.
+        return f"channel_id = (SELECT id FROM channels WHERE {self._channel(c, app, channel)})"
+
+    def channel_count(self, c: _Compiler, app: str, channel: str) -> str:
+        return f"(SELECT records FROM channels WHERE {self._channel(c, app, channel)})"
+
+    def _channel(self, c: _Compiler, app: str, channel: str) -> str:
+        return f"app = {c.bind(app)} AND name = {c.bind(channel)}"
 
     def bind_number(self, c: _Compiler, value: int | float) -> str:
         return c.bind(_sqlite_number(value))
@@ -419,11 +439,11 @@ def compile_groups(app: str, channel: str, query: dict[str, Any], seqs: range, c
 
 def compile_freshness(app: str, channel: str, after_seq: int | None,
                       dialect: Dialect = SQLITE) -> Statement:
-    """One row: the channel's record count (kept in `channel_counts`), its highest seq and,
-    given `after_seq`, how many of its records have a larger seq."""
+    """One row: the channel's record count (kept by its appends), its highest seq and, given
+    `after_seq`, how many of its records have a larger seq."""
     c = _Compiler(dialect)
-    here = f"app = {c.bind(app)} AND channel = {c.bind(channel)}"
-    columns = [f"(SELECT records FROM channel_counts WHERE {here})",
+    here = dialect.channel_records(c, app, channel)
+    columns = [dialect.channel_count(c, app, channel),
                f"(SELECT MAX(seq) FROM records WHERE {here})"]
     if after_seq is not None:
         columns.append(f"(SELECT COUNT(*) FROM records WHERE {here} "

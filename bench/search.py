@@ -52,15 +52,17 @@ def votes(seqs: Iterator[int]) -> Iterator[Record]:
 def fill(path: Path, rows: int) -> None:
     """Bulk-load `rows` vote records, as many commits of the store's writer would leave them."""
     db = sqlite3.connect(path)
+    db.execute("INSERT INTO channels (app, name, records) VALUES ('demo', 'big', ?) "
+               "ON CONFLICT (app, name) DO UPDATE SET records = records + excluded.records",
+               (rows,))
+    (channel_id,) = db.execute(
+        "SELECT id FROM channels WHERE app = 'demo' AND name = 'big'").fetchone()
     db.executemany(
-        "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-        ((r.app, r.channel, r.seq, r.id, r.client_id, r.created, r.username,
+        "INSERT INTO records (channel_id, seq, id, client_id, created, username, data, text) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+        ((channel_id, r.seq, r.id, r.client_id, r.created, r.username,
           orjson.dumps(r.data).decode()) for r in votes(iter(range(1, rows + 1)))),
     )
-    db.execute("INSERT INTO channel_counts (app, channel, records) VALUES ('demo', 'big', ?) "
-               "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records",
-               (rows,))
     db.commit()
     db.close()
 

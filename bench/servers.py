@@ -265,7 +265,9 @@ class Server:
             return None
         pattern = f"{channel_prefix}-"
         with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
-            row = db.execute("SELECT COUNT(*) FROM records WHERE substr(channel, 1, ?) = ?",
+            row = db.execute("SELECT COUNT(*) FROM records JOIN channels "
+                             "ON channels.id = records.channel_id "
+                             "WHERE substr(channels.name, 1, ?) = ?",
                              (len(pattern), pattern)).fetchone()
         return int(row[0])
 

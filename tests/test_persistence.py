@@ -175,7 +175,8 @@ async def test_failed_commit_is_not_delivered_and_sender_is_told(
     live = make_server()
     database = live.data_dir / "c8ws.sqlite3"
     with sqlite3.connect(database) as db:
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.channel = 'doomed' "
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.channel_id = "
+                   "(SELECT id FROM channels WHERE name = 'doomed') "
                    "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END")
     url = live.ws("/c8/doomed?api_key=demo&persistent=1")
     async with await connect(url) as a, await connect(url) as b:

@@ -4,9 +4,9 @@ Counting every match is what makes a search over a big channel slow (a million r
 about a second), and widgets repeat the same search all the time. Records are only ever added
 (the Store contract), so what a search counted over a channel's records up to seq S stays true:
 the next identical search counts only the records with a larger seq and adds them. The channel's
-record count (table `channel_counts`, raised in each append's transaction) tells when a record
-at or below S was committed after the count (another node's batch landing late): then the search
-counts everything again. Totals stay exact either way.
+record count (raised in each append's transaction) tells when a record at or below S was
+committed after the count (another node's batch landing late): then the search counts
+everything again. Totals stay exact either way.
 """
 
 from __future__ import annotations

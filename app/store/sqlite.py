@@ -32,9 +32,11 @@ from app.store.search import Plan, SearchCounts, run_plan
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# A row names its channel by app and name; the record takes the channel's number, which
+# _COUNT has made in the same transaction (migration 0005).
 _INSERT = (
-    "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, text) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO records (channel_id, seq, id, client_id, created, username, data, text) "
+    "VALUES ((SELECT id FROM channels WHERE app = ? AND name = ?), ?, ?, ?, ?, ?, ?, ?)"
 )
 # RANGE_COLUMNS, with the frame that a NULL `text` stands for (see _row): the data exactly as
 # stored, except for a JSON string, whose frame is the string itself (made from the data).
@@ -44,12 +46,12 @@ SEARCH_NICENESS = 10  # added to the process's nice value for the search thread
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
 # The writer's page cache (SQLite's default is 2 MiB): a batch spread over many channels touches
-# a leaf page per channel in the table and in each index; with them cached, a row costs a
-# quarter less of the writer thread (bench/RESULTS.md, notes).
+# a leaf page per channel in each index; with them cached, a row costs a quarter less of the
+# writer thread (bench/RESULTS.md, notes).
 WRITER_CACHE_KIB = 16 << 10
 _COUNT = (
-    "INSERT INTO channel_counts (app, channel, records) VALUES (?, ?, ?) "
-    "ON CONFLICT (app, channel) DO UPDATE SET records = records + excluded.records"
+    "INSERT INTO channels (app, name, records) VALUES (?, ?, ?) "
+    "ON CONFLICT (app, name) DO UPDATE SET records = records + excluded.records"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -237,13 +239,13 @@ class SqliteStore(Store):
         return self._commits.append(record)
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """One transaction for the batch and its channels' counts; rolled back whole if any row
-        fails."""
+        """One transaction for the batch and its channels' counts (first: they number a new
+        channel); rolled back whole if any row fails."""
         db = self._db
         try:
             await db.execute("BEGIN")
-            await db.executemany(_INSERT, rows)
             await db.executemany(_COUNT, channel_counts(rows))
+            await db.executemany(_INSERT, rows)
             await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(aiosqlite.Error):
@@ -251,8 +253,9 @@ class SqliteStore(Store):
             raise
 
     async def last_seq(self, app: str, channel: str) -> int:
+        where_sql, params = compile_where(app, channel, [])
         async with self._read_db.execute(
-            "SELECT MAX(seq) FROM records WHERE app = ? AND channel = ?", (app, channel)
+            f"SELECT MAX(seq) FROM records WHERE {where_sql}", params
         ) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else 0

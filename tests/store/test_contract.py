@@ -390,5 +390,6 @@ async def test_piesocket_frames_come_back_byte_for_byte(store: Store, store_url:
     if not store_url.startswith("postgresql"):  # SQLite: the canonical ones are not kept twice
         with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
             kept = [row[0] for row in db.execute(
-                "SELECT text FROM records WHERE channel = 'frames' ORDER BY seq")]
+                "SELECT text FROM records JOIN channels ON channels.id = records.channel_id "
+                "WHERE channels.name = 'frames' ORDER BY seq")]
         assert kept == [None, '"hello"', None, '{"a": 1}', None, None, None]

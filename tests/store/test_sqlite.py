@@ -1,4 +1,5 @@
-"""What only the SQLite store does: its search thread's life around `close`."""
+"""What only the SQLite store does: its search thread's life around `close`, reading frames
+stored as data, migrating a store made before channel numbers."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import StoreError
+from app.errors import NotStored, StoreError
 from app.protocol import piesocket_frame
 from app.query import validate_query
+from app.records import Record
+from app.store.base import migrations
 from app.store.sqlite import SEARCH_NICENESS, SqliteStore
 
 pytestmark = pytest.mark.asyncio
@@ -54,14 +57,62 @@ async def test_a_frame_stored_as_its_data_reads_back_as_the_stored_bytes(tmp_pat
     store = SqliteStore(str(path))
     await store.open()
     with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("INSERT INTO channels (app, name, records) VALUES ('demo', 'frames', 2)")
         db.executemany(
-            "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, "
-            "text) VALUES ('demo', 'frames', ?, ?, 'c', 0, NULL, ?, NULL)",
+            "INSERT INTO records (channel_id, seq, id, client_id, created, username, data, text) "
+            "VALUES ((SELECT id FROM channels WHERE name = 'frames'), ?, ?, 'c', 0, NULL, ?, NULL)",
             [(1, "a", '{"a": 1.50}'), (2, "b", '"quoted"')])
         db.commit()
     stored = await store.read_range("demo", "frames", 0, 10)
     await store.close()
     assert [piesocket_frame(record) for record in stored] == ['{"a": 1.50}', "quoted"]
+
+
+async def test_a_store_from_before_channel_numbers_keeps_every_record(tmp_path: Path) -> None:
+    """Migration 0005 moves the records of a store keyed by (app, channel) text into the
+    numbered table: each channel's records read back in seq order with their frames, searches
+    count them, the counts are taken from the records (a stale one is corrected), and appends go
+    on at the next seq while a taken seq still fails."""
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for number, sql in migrations("sqlite"):
+            if number < 5:
+                db.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+        db.executemany(
+            "INSERT INTO records (app, channel, seq, id, client_id, created, username, data, "
+            "text) VALUES (?, ?, ?, ?, 'c', ?, NULL, ?, ?)",
+            [("demo", "poll", 2, "p2", 20, '{"v": 2}', None),
+             ("other", "poll", 1, "o1", 10, '{"v": 9}', None),
+             ("demo", "poll", 1, "p1", 10, '{"v": 1}', '{"v":1}'),
+             ("demo", "poll", 3, "p3", 30, '{"v": 3}', None),
+             ("demo", "chat", 1, "c1", 10, '"hi"', '"hi"')])
+        db.execute("INSERT INTO channel_counts VALUES ('demo', 'poll', 1)")  # stale
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        poll = await store.read_range("demo", "poll", 0, 10)
+        assert [(r.seq, r.id, r.data) for r in poll] == [
+            (1, "p1", {"v": 1}), (2, "p2", {"v": 2}), (3, "p3", {"v": 3})]
+        assert [piesocket_frame(r) for r in poll] == ['{"v":1}', '{"v": 2}', '{"v": 3}']
+        assert [piesocket_frame(r) for r in await store.read_range("demo", "chat", 0, 10)] == [
+            '"hi"']
+        assert [r.data for r in await store.read_range("other", "poll", 0, 10)] == [{"v": 9}]
+        query = validate_query({"filters": [{"field": "data.v", "operator": ">", "value": 1}]})
+        assert (await store.search_records("demo", "poll", query))["total"] == 2
+        await store.append_record(Record(app="demo", channel="poll", seq=4, id="p4",
+                                         client_id="c", created=40, data={"v": 4}))
+        with pytest.raises(NotStored):
+            await store.append_record(Record(app="demo", channel="poll", seq=2, id="again",
+                                             client_id="c", created=50, data={"v": 5}))
+        assert await store.last_seq("demo", "poll") == 4
+        assert (await store.search_records("demo", "poll", query))["total"] == 3
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        counts = db.execute("SELECT app, name, records FROM channels ORDER BY app, name")
+        assert counts.fetchall() == [("demo", "chat", 1), ("demo", "poll", 4), ("other", "poll", 1)]
+        latest = max(number for number, _ in migrations("sqlite"))
+        assert db.execute("PRAGMA user_version").fetchone() == (latest,)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
