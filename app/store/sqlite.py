@@ -13,6 +13,7 @@ import os
 import sqlite3
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,19 +25,18 @@ import orjson
 from app.errors import StoreError
 from app.protocol import text_of
 from app.query import RANGE_COLUMNS, SQLITE, compile_where, stored_record
-from app.records import Record, now_ms
+from app.records import ChannelKey, Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
-from app.store.batching import GroupCommit, channel_counts
+from app.store.batching import GroupCommit
 from app.store.search import Plan, SearchCounts, run_plan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A row names its channel by app and name; the record takes the channel's number, which
-# _COUNT has made in the same transaction (migration 0005).
+# Records name their channel by its number in `channels` (migration 0005).
 _INSERT = (
     "INSERT INTO records (channel_id, seq, id, client_id, created, username, data, text) "
-    "VALUES ((SELECT id FROM channels WHERE app = ? AND name = ?), ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # RANGE_COLUMNS, with the frame that a NULL `text` stands for (see _row): the data exactly as
 # stored, except for a JSON string, whose frame is the string itself (made from the data).
@@ -49,9 +49,10 @@ WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoin
 # a leaf page per channel in each index; with them cached, a row costs a quarter less of the
 # writer thread (bench/RESULTS.md, notes).
 WRITER_CACHE_KIB = 16 << 10
-_COUNT = (
-    "INSERT INTO channels (app, name, records) VALUES (?, ?, ?) "
-    "ON CONFLICT (app, name) DO UPDATE SET records = records + excluded.records"
+_COUNT = "UPDATE channels SET records = records + ? WHERE id = ?"
+_NUMBER = (
+    "INSERT INTO channels (app, name, records) VALUES (?, ?, 0) "
+    "ON CONFLICT (app, name) DO UPDATE SET records = records RETURNING id"
 )
 _APP_COLUMNS = "id, name, key, secret, created, settings"
 _WIDGET_COLUMNS = "id, name, html, css, js, updated"
@@ -69,16 +70,6 @@ def _yield_to_live_traffic() -> None:
                            os.getpriority(os.PRIO_PROCESS, 0) + SEARCH_NICENESS)
 
 
-def _row(record: Record) -> tuple[Any, ...]:
-    """A record as a row. A piesocket frame that is exactly what its data turns back into is not
-    stored twice: read back, the frame is the data column's text, byte for byte (it keeps the
-    JSON text as written, unlike PostgreSQL's jsonb)."""
-    data = orjson.dumps(record.data).decode()
-    text = None if record.text == text_of(record.data, data) else record.text
-    return (record.app, record.channel, record.seq, record.id, record.client_id, record.created,
-            record.username, data, text)
-
-
 class SqliteStore(Store):
     """Appends are queued and committed by one task, many per transaction."""
 
@@ -86,12 +77,13 @@ class SqliteStore(Store):
                  on_commit: CommitObserver | None = None) -> None:
         self._path = path
         self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._write_batch, _row, "sqlite-commits", commit_interval_ms / 1000, on_commit)
+            self._write_batch, self._row, "sqlite-commits", commit_interval_ms / 1000, on_commit)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._searcher: sqlite3.Connection | None = None  # used on _search_thread only
         self._search_thread: ThreadPoolExecutor | None = None
         self._counts = SearchCounts(SQLITE)
+        self._channel_ids: dict[ChannelKey, int] = {}  # numbers given in committed batches
 
     async def open(self) -> None:
         """Open the file and apply migrations; on failure (not a database, locked) a
@@ -238,19 +230,47 @@ class SqliteStore(Store):
     def append_record(self, record: Record) -> asyncio.Future[None]:
         return self._commits.append(record)
 
+    def _row(self, record: Record) -> tuple[Any, ...]:
+        """A record as a row, its channel's number first (the channel's key while it has none:
+        the batch's transaction numbers it). A piesocket frame that is exactly what its data
+        turns back into is not stored twice: read back, the frame is the data column's text,
+        byte for byte (it keeps the JSON text as written, unlike PostgreSQL's jsonb)."""
+        data = orjson.dumps(record.data).decode()
+        text = None if record.text == text_of(record.data, data) else record.text
+        key = record.key
+        return (self._channel_ids.get(key, key), record.seq, record.id, record.client_id,
+                record.created, record.username, data, text)
+
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """One transaction for the batch and its channels' counts (first: they number a new
-        channel); rolled back whole if any row fails."""
+        """One transaction for the batch, the numbers of its new channels and its channels'
+        counts; rolled back whole if any row fails (and the numbers it gave are forgotten)."""
         db = self._db
+        counts = Counter(row[0] for row in rows)
+        numbered: dict[ChannelKey, int] = {}
         try:
             await db.execute("BEGIN")
-            await db.executemany(_COUNT, channel_counts(rows))
+            for key in counts:
+                if isinstance(key, tuple):
+                    number = self._channel_ids.get(key)
+                    numbered[key] = await self._number(db, key) if number is None else number
+            if numbered:
+                rows = [(numbered[row[0]], *row[1:]) if isinstance(row[0], tuple) else row
+                        for row in rows]
+                counts = Counter(row[0] for row in rows)
             await db.executemany(_INSERT, rows)
+            await db.executemany(_COUNT, [(n, channel) for channel, n in counts.items()])
             await db.execute("COMMIT")
         except Exception:
             with contextlib.suppress(aiosqlite.Error):
                 await db.execute("ROLLBACK")
             raise
+        self._channel_ids.update(numbered)
+
+    @staticmethod
+    async def _number(db: aiosqlite.Connection, key: ChannelKey) -> int:
+        """The channel's number, given now if it has none (another process may have)."""
+        (row,) = await db.execute_fetchall(_NUMBER, key)
+        return int(row[0])
 
     async def last_seq(self, app: str, channel: str) -> int:
         where_sql, params = compile_where(app, channel, [])

@@ -115,6 +115,40 @@ async def test_a_store_from_before_channel_numbers_keeps_every_record(tmp_path: 
         assert db.execute("PRAGMA user_version").fetchone() == (latest,)
 
 
+def _record(channel: str, seq: int) -> Record:
+    return Record(app="demo", channel=channel, seq=seq, id=f"{channel}{seq}", client_id="c",
+                  created=seq, data={"seq": seq})
+
+
+async def test_channel_numbers_hold_across_failed_batches_and_stores(tmp_path: Path) -> None:
+    """A new channel is numbered in its first batch's transaction: when that batch fails, the
+    number goes with it and the next batch numbers the channel again. Two stores on one file
+    (two worker processes) find the number the other one gave."""
+    path = str(tmp_path / "numbers.sqlite3")
+    first, second = SqliteStore(path), SqliteStore(path)
+    await first.open()
+    await second.open()
+    try:
+        outcomes = await asyncio.gather(first.append_record(_record("fresh", 1)),
+                                        first.append_record(_record("fresh", 1)),
+                                        return_exceptions=True)
+        assert all(isinstance(outcome, NotStored) for outcome in outcomes)
+        await first.append_record(_record("fresh", 1))
+        await second.append_record(_record("fresh", 2))
+        await second.append_record(_record("other", 1))
+        await first.append_record(_record("other", 2))
+        for store in (first, second):
+            for channel in ("fresh", "other"):
+                stored = await store.read_range("demo", channel, 0, 10)
+                assert [(r.seq, r.data) for r in stored] == [(1, {"seq": 1}), (2, {"seq": 2})]
+    finally:
+        await first.close()
+        await second.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        channels = db.execute("SELECT name, records FROM channels ORDER BY name").fetchall()
+    assert channels == [("fresh", 2), ("other", 2)]
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
 async def test_searches_run_on_a_thread_that_yields_to_live_traffic(tmp_path: Path) -> None:
     """The search thread runs at a nice value SEARCH_NICENESS above the process's (at most 19),
