@@ -1,7 +1,8 @@
-"""The embedded store: one SQLite file in WAL mode, one writer connection doing group commit, a
-reader connection so reads never wait for a batch, and a search connection on a thread of its
-own that runs each search whole (one read transaction, one hand-off from the event loop), so its
-snapshots never hold back the other reads.
+"""The embedded store: one SQLite file in WAL mode; a writer connection doing group commit and a
+search connection, each on a thread of its own at a lower priority; and a reader connection so
+reads never wait for a batch. The writer takes each batch whole, and the search thread each
+search (one transaction, one hand-off from the event loop), so search snapshots never hold back
+the other reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +43,7 @@ _INSERT = (
 # stored, except for a JSON string, whose frame is the string itself (made from the data).
 _RANGE_COLUMNS = (RANGE_COLUMNS.removesuffix("text")
                   + "COALESCE(text, CASE json_type(data) WHEN 'text' THEN NULL ELSE data END)")
-SEARCH_NICENESS = 10  # added to the process's nice value for the search thread
+BACKGROUND_NICENESS = 10  # added to the process's nice value for the writer and search threads
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
 # The writer's page cache (SQLite's default is 2 MiB): a batch spread over many channels touches
@@ -59,15 +60,110 @@ _WIDGET_COLUMNS = "id, name, html, css, js, updated"
 
 
 def _yield_to_live_traffic() -> None:
-    """Lower the search thread's scheduling priority. On Linux a thread is a task with a nice
+    """Lower the calling thread's scheduling priority. On Linux a thread is a task with a nice
     value of its own: while the event loop has frames to deliver, the kernel runs it first, and
-    searches use the time it leaves. Searches release the GIL inside SQLite, so without this a
+    the thread uses the time it leaves. Searches release the GIL inside SQLite, so without this a
     search takes its share of the core from live traffic (bench/RESULTS.md, search under load).
-    Elsewhere the thread keeps the process's priority."""
+    A writer at the loop's priority wakes up in the middle of the loop's work, again and again
+    on a busy core; at a lower one it commits when the loop pauses, a larger batch at a time,
+    and a stored message costs the process less (bench/RESULTS.md, notes). Elsewhere the thread
+    keeps the process's priority."""
     if sys.platform == "linux":
         with contextlib.suppress(OSError, ValueError, OverflowError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
-                           os.getpriority(os.PRIO_PROCESS, 0) + SEARCH_NICENESS)
+                           os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
+
+
+class _ConnectionThread:
+    """A connection used on one thread of its own, at a lower priority: each call hands one
+    function over from the event loop."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def open(self, path: str, setup: Callable[[sqlite3.Connection], None]) -> None:
+        """Connect and run `setup` on the thread; on failure nothing is left open."""
+        thread = ThreadPoolExecutor(1, thread_name_prefix=self._name,
+                                    initializer=_yield_to_live_traffic)
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA busy_timeout=5000")
+                setup(db)
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(thread, connect)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        self._thread = thread
+
+    async def run(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(connection, *args)` on the thread; `StoreError` once closing."""
+        db, thread = self._db, self._thread
+        if db is None or thread is None:
+            raise StoreError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(thread, work, db, *args)
+
+    async def close(self) -> None:
+        """Close the connection after the work queued before; calls from now on fail."""
+        db, thread = self._db, self._thread
+        self._db = self._thread = None
+        if thread is None:
+            return
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, db.close)
+        thread.shutdown(wait=False)
+
+
+def _set_up_writer(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    # Checkpoint every WAL_CHECKPOINT_PAGES instead of 1,000: a batch spread over many
+    # channels writes a few hundred pages, most of them again in the next batches.
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
+    db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+    _migrate(db)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply pending migrations, each in its own transaction. Processes starting together may
+    race for one: the loser's transaction fails and rolls back, and it finds the migration
+    applied."""
+    for number, sql in migrations("sqlite"):
+        if _version(db) >= number:
+            continue
+        log.info("applying migration %04d", number)
+        try:
+            db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if _version(db) < number:
+                raise
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _execute(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    """One statement, committed; how many rows it changed."""
+    return db.execute(sql, params).rowcount
+
+
+def _number(db: sqlite3.Connection, key: ChannelKey) -> int:
+    """The channel's number, given now if it has none (another process may have)."""
+    (number,) = db.execute(_NUMBER, key).fetchone()
+    return int(number)
 
 
 class SqliteStore(Store):
@@ -78,10 +174,9 @@ class SqliteStore(Store):
         self._path = path
         self._commits: GroupCommit[tuple[Any, ...]] = GroupCommit(
             self._write_batch, self._row, "sqlite-commits", commit_interval_ms / 1000, on_commit)
-        self._writer: aiosqlite.Connection | None = None
+        self._writer = _ConnectionThread("sqlite-writer")
         self._reader: aiosqlite.Connection | None = None
-        self._searcher: sqlite3.Connection | None = None  # used on _search_thread only
-        self._search_thread: ThreadPoolExecutor | None = None
+        self._searcher = _ConnectionThread("sqlite-search")
         self._counts = SearchCounts(SQLITE)
         self._channel_ids: dict[ChannelKey, int] = {}  # numbers given in committed batches
 
@@ -101,84 +196,19 @@ class SqliteStore(Store):
     async def _open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await aiosqlite.connect(self._path, isolation_level=None)
-        # The timeout first: several workers may open a new file at once.
-        await self._writer.execute("PRAGMA busy_timeout=5000")
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        await self._writer.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoint every WAL_CHECKPOINT_PAGES instead of 1,000: a batch spread over many
-        # channels writes a few hundred pages, most of them again in the next batches.
-        await self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-        await self._writer.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
-        await self._writer.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
-        thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search",
-                                    initializer=_yield_to_live_traffic)
-        try:
-            self._searcher = await asyncio.get_running_loop().run_in_executor(
-                thread, self._connect_searcher)
-        except BaseException:
-            thread.shutdown(wait=False)
-            raise
-        self._search_thread = thread
+        await self._writer.open(self._path, _set_up_writer)  # the migrations first
+        self._reader = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        await self._searcher.open(self._path, lambda db: None)
         self._commits.start()
-
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self._path, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout=5000")
-        return db
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        """Apply pending migrations, each in its own transaction. Processes starting together
-        may race for one: the loser's transaction fails and rolls back, and it finds the
-        migration applied."""
-        for number, sql in migrations("sqlite"):
-            if await self._version(db) >= number:
-                continue
-            log.info("applying migration %04d", number)
-            try:
-                await db.executescript(
-                    f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
-            except aiosqlite.Error:
-                with contextlib.suppress(aiosqlite.Error):
-                    await db.execute("ROLLBACK")
-                if await self._version(db) < number:
-                    raise
-
-    async def _version(self, db: aiosqlite.Connection) -> int:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
-
-    def _connect_searcher(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout=5000")
-        return db
-
-    async def _on_search_thread(self, work: Callable[..., T], *args: Any) -> T:
-        if self._search_thread is None:
-            raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._search_thread, work, *args)
 
     async def close(self) -> None:
         await self._commits.close()
-        searcher, self._searcher = self._searcher, None  # searches from now on: StoreError
-        if searcher is not None:
-            await self._on_search_thread(searcher.close)  # after the searches queued before
-        if self._search_thread is not None:
-            self._search_thread.shutdown(wait=False)
-            self._search_thread = None
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
-        self._reader = self._writer = None
-
-    @property
-    def _db(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise StoreError("store is not open")
-        return self._writer
+        await self._searcher.close()  # after the searches queued before
+        await self._writer.close()
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
 
     @property
     def _read_db(self) -> aiosqlite.Connection:
@@ -191,19 +221,20 @@ class SqliteStore(Store):
     async def create_app(self, name: str, key: str, secret: str) -> App:
         app = App(id=name, name=name, key=key, secret=secret, created=now_ms())
         try:
-            await self._db.execute(
-                f"INSERT INTO apps ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, '{{}}')",
+            await self._writer.run(
+                _execute, f"INSERT INTO apps ({_APP_COLUMNS}) VALUES (?, ?, ?, ?, ?, '{{}}')",
                 (app.id, app.name, app.key, app.secret, app.created),
             )
-        except aiosqlite.IntegrityError as error:
+        except sqlite3.IntegrityError as error:
             raise StoreError(f"an app with this name or key exists already ({error})") from None
         return app
 
     async def set_app_secret(self, app_id: str, secret: str) -> None:
-        await self._db.execute("UPDATE apps SET secret = ? WHERE id = ?", (secret, app_id))
+        await self._writer.run(_execute, "UPDATE apps SET secret = ? WHERE id = ?",
+                               (secret, app_id))
 
     async def set_app_settings(self, app_id: str, settings: dict[str, Any]) -> None:
-        await self._db.execute("UPDATE apps SET settings = ? WHERE id = ?",
+        await self._writer.run(_execute, "UPDATE apps SET settings = ? WHERE id = ?",
                                (orjson.dumps(settings).decode(), app_id))
 
     async def _one_app(self, where: str, value: str) -> App | None:
@@ -242,35 +273,33 @@ class SqliteStore(Store):
                 record.created, record.username, data, text)
 
     async def _write_batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """One transaction for the batch, the numbers of its new channels and its channels'
-        counts; rolled back whole if any row fails (and the numbers it gave are forgotten)."""
-        db = self._db
+        self._channel_ids.update(await self._writer.run(self._commit, rows))
+
+    def _commit(self, db: sqlite3.Connection,
+                rows: list[tuple[Any, ...]]) -> dict[ChannelKey, int]:
+        """On the writer thread: one transaction for the batch, the numbers of its new channels
+        and its channels' counts, rolled back whole if any row fails; the numbers it gave."""
         counts = Counter(row[0] for row in rows)
         numbered: dict[ChannelKey, int] = {}
+        db.execute("BEGIN")
         try:
-            await db.execute("BEGIN")
             for key in counts:
                 if isinstance(key, tuple):
                     number = self._channel_ids.get(key)
-                    numbered[key] = await self._number(db, key) if number is None else number
+                    numbered[key] = _number(db, key) if number is None else number
             if numbered:
                 rows = [(numbered[row[0]], *row[1:]) if isinstance(row[0], tuple) else row
                         for row in rows]
                 counts = Counter(row[0] for row in rows)
-            await db.executemany(_INSERT, rows)
-            await db.executemany(_COUNT, [(n, channel) for channel, n in counts.items()])
-            await db.execute("COMMIT")
-        except Exception:
-            with contextlib.suppress(aiosqlite.Error):
-                await db.execute("ROLLBACK")
+            db.executemany(_INSERT, rows)
+            db.executemany(_COUNT, [(n, channel) for channel, n in counts.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite may have rolled back on its own (disk full, I/O)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
-        self._channel_ids.update(numbered)
-
-    @staticmethod
-    async def _number(db: aiosqlite.Connection, key: ChannelKey) -> int:
-        """The channel's number, given now if it has none (another process may have)."""
-        (row,) = await db.execute_fetchall(_NUMBER, key)
-        return int(row[0])
+        return numbered
 
     async def last_seq(self, app: str, channel: str) -> int:
         where_sql, params = compile_where(app, channel, [])
@@ -292,10 +321,7 @@ class SqliteStore(Store):
         return [stored_record(app, channel, row) for row in rows]
 
     async def search_records(self, app: str, channel: str, query: dict[str, Any]) -> dict[str, Any]:
-        if self._searcher is None:
-            raise StoreError("store is not open")
-        return await self._on_search_thread(
-            self._search_now, self._searcher, self._counts.plan(app, channel, query))
+        return await self._searcher.run(self._search_now, self._counts.plan(app, channel, query))
 
     @staticmethod
     def _search_now(db: sqlite3.Connection, plan: Plan) -> dict[str, Any]:
@@ -326,14 +352,14 @@ class SqliteStore(Store):
 
     async def save_widget(self, app: str, widget: Widget) -> Widget:
         saved = Widget(widget.id, widget.name, widget.html, widget.css, widget.js, now_ms())
-        await self._db.execute(
+        await self._writer.run(
+            _execute,
             f"INSERT OR REPLACE INTO widgets (app, {_WIDGET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (app, saved.id, saved.name, saved.html, saved.css, saved.js, saved.updated),
         )
         return saved
 
     async def delete_widget(self, app: str, widget_id: str) -> bool:
-        cursor = await self._db.execute(
-            "DELETE FROM widgets WHERE app = ? AND id = ?", (app, widget_id)
-        )
-        return cursor.rowcount > 0
+        deleted = await self._writer.run(
+            _execute, "DELETE FROM widgets WHERE app = ? AND id = ?", (app, widget_id))
+        return deleted > 0
