@@ -180,7 +180,9 @@ async def queue_first_frames(
     since: int | None, epoch: str | None,
 ) -> None:
     """The welcome (c8), then on a resume every record after `since` and a `recovered` frame,
-    all ahead of live records, which are de-duplicated against them."""
+    all ahead of live records, which are de-duplicated against them. A gap whose frames fill
+    more than half the member's queue is not filled: live records arriving while they drain
+    would overflow it (4008), and the member would come back for the same gap."""
     frames: list[Outgoing] = []
     c8 = member.dialect is Dialect.C8
     if c8:
@@ -193,12 +195,13 @@ async def queue_first_frames(
     after = 0
     if since is not None:
         records = await node.recover(member.key, since, epoch)
+        missed = [Outgoing(frame, record.seq) for record in records or ()
+                  if (frame := record.for_dialect(member.dialect)) is not None]
+        if sum(item.size for item in missed) > member.limits.max_queue_bytes // 2:
+            records, missed = None, []
         if records is not None:
             after = max(since, records[-1].seq if records else since)
-            for record in records:
-                frame = record.for_dialect(member.dialect)
-                if frame is not None:
-                    frames.append(Outgoing(frame, record.seq))
+            frames += missed
         if c8:
             count = 0 if records is None else len(records)
             frames.append(Outgoing(recovered_frame(records is not None, count)))

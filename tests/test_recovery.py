@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
@@ -106,3 +108,29 @@ async def test_a_since_out_of_range_is_refused_with_a_reason(server: Server, sin
         code, frames = await closed_with(client)
     assert code == 1008
     assert "since" in frames[0]
+
+
+async def test_a_gap_larger_than_half_the_queue_says_reload(
+    make_server: Callable[..., Server],
+) -> None:
+    """Missed frames that would fill more than half of the member's outgoing queue are not
+    sent: live records arriving while they drained would overflow it (a 4008 close, again on
+    every resume of the same gap). The member is told to reload, and live records follow."""
+    live = make_server({"C8WS_MAX_QUEUE_BYTES": "65536"})
+    url = live.ws("/c8/resume7?api_key=demo&persistent=1")
+    async with await connect(url) as talker:
+        welcome = await recv_kind(talker, "welcome")
+        for number in range(6):  # 6 x 7 KB: above half of 64 KiB
+            await talker.send(publish({"n": number, "pad": "x" * 7000}))
+            await recv_kind(talker, "reply")
+        resume = f"{url}&epoch={welcome['epoch']}&since="
+        async with await connect(resume + "2") as fits:  # 4 x 7 KB: below
+            await recv_kind(fits, "welcome")
+            numbers = [(await recv_json(fits))["message"]["data"]["n"] for _ in range(4)]
+            assert numbers == [2, 3, 4, 5]
+            assert await recv_json(fits) == {"recovered": {"ok": True, "count": 4}}
+        async with await connect(resume + "0") as late:
+            await recv_kind(late, "welcome")
+            assert await recv_json(late) == {"recovered": {"ok": False}}
+            await talker.send(publish("live"))
+            assert (await recv_kind(late, "message"))["data"] == "live"
