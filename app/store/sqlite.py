@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,20 +135,40 @@ def _set_up_writer(db: sqlite3.Connection) -> None:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Apply pending migrations, each in its own transaction. Processes starting together may
-    race for one: the loser's transaction fails and rolls back, and it finds the migration
-    applied."""
+    """Apply pending migrations, each in its own transaction. Processes starting together take
+    turns: each reads the version again once it holds the write lock, so none applies a
+    migration another has applied meanwhile (nor writes an older version over a newer one)."""
     for number, sql in migrations("sqlite"):
         if _version(db) >= number:
             continue
-        log.info("applying migration %04d", number)
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
+            if _version(db) >= number:  # applied while this process waited for the lock
                 db.execute("ROLLBACK")
-            if _version(db) < number:
-                raise
+                continue
+            log.info("applying migration %04d", number)
+            for statement in _statements(sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={number}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A script's statements one at a time (`executescript` would commit the open transaction
+    first)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
 
 
 def _version(db: sqlite3.Connection) -> int:
@@ -194,6 +214,7 @@ class SqliteStore(Store):
             raise
 
     async def _open(self) -> None:
+        self._channel_ids.clear()  # the file may not be the one they were given in
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         await self._writer.open(self._path, _set_up_writer)  # the migrations first

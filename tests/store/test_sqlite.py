@@ -18,7 +18,7 @@ from app.protocol import piesocket_frame
 from app.query import validate_query
 from app.records import Record
 from app.store.base import migrations
-from app.store.sqlite import BACKGROUND_NICENESS, SqliteStore
+from app.store.sqlite import BACKGROUND_NICENESS, SqliteStore, _statements
 
 pytestmark = pytest.mark.asyncio
 
@@ -148,6 +148,61 @@ async def test_channel_numbers_hold_across_failed_batches_and_stores(tmp_path: P
     with contextlib.closing(sqlite3.connect(path)) as db:
         channels = db.execute("SELECT name, records FROM channels ORDER BY name").fetchall()
     assert channels == [("fresh", 2), ("other", 2)]
+
+
+async def test_a_store_reopened_on_another_file_numbers_its_channels_again(
+    tmp_path: Path,
+) -> None:
+    """Channel numbers are remembered per opening: a file put in place of the first (a restored
+    backup) numbers its channels its own way, and no record lands in another's channel."""
+    path = tmp_path / "swapped.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    await store.append_record(_record("first", 1))
+    await store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    await store.open()
+    try:
+        await store.append_record(_record("second", 1))  # number 1 in the new file
+        await store.append_record(_record("first", 2))
+        assert [r.seq for r in await store.read_range("demo", "first", 0, 10)] == [2]
+        assert [r.seq for r in await store.read_range("demo", "second", 0, 10)] == [1]
+    finally:
+        await store.close()
+
+
+async def test_processes_migrating_together_take_turns(tmp_path: Path) -> None:
+    """A process that read an old version, then waited for the write lock while another one
+    migrated the file, reads the version again and applies nothing: it used to run 0004 again
+    and write version 4 over the migrated file, which then failed every start."""
+    path = tmp_path / "race.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("PRAGMA journal_mode=WAL")  # as the store leaves its file
+        for number, sql in migrations("sqlite"):
+            if number <= 3:
+                other.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version={number};\nCOMMIT;")
+        other.execute("BEGIN IMMEDIATE")  # the other process holds the lock ...
+        store = SqliteStore(str(path))
+        opening = asyncio.create_task(store.open())
+        await asyncio.sleep(0.3)  # ... while this one has read version 3 and waits for it
+        assert not opening.done()
+        latest = 0
+        for number, sql in migrations("sqlite"):
+            if number > 3:
+                for statement in _statements(sql):
+                    other.execute(statement)
+                latest = number
+        other.execute(f"PRAGMA user_version={latest}")
+        other.execute("COMMIT")
+    await opening
+    try:
+        await store.append_record(_record("after", 1))
+        assert [r.seq for r in await store.read_range("demo", "after", 0, 10)] == [1]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (latest,)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
