@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from app.errors import NotStored
 from app.records import Record
@@ -108,11 +107,3 @@ def _failed(error: NotStored) -> asyncio.Future[None]:
 def _fail(batch: asyncio.Future[None], message: str) -> None:
     if not batch.done():
         batch.set_exception(NotStored(message))
-
-
-def channel_counts(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, int]]:
-    """How many of `rows` (app and channel first) each channel gets, for raising the stored
-    per-channel counts once per batch; channels in one order, so two writers raising the same
-    counts never deadlock."""
-    return [(app, channel, n) for (app, channel), n
-            in sorted(Counter((row[0], row[1]) for row in rows).items())]

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ from app.errors import NotStored, StoreError
 from app.query import POSTGRES, RANGE_COLUMNS, Statement, compile_where, stored_record
 from app.records import Record, now_ms
 from app.store.base import App, CommitObserver, Store, Widget, app_from_row, migrations
-from app.store.batching import GroupCommit, channel_counts
+from app.store.batching import GroupCommit
 from app.store.search import SearchCounts, run_plan_async
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class PostgresStore(Store):
             raise StoreError("store is not open")
         async with self._writer.acquire() as db, db.transaction():
             await db.executemany(_INSERT, rows)
-            await db.executemany(_COUNT, channel_counts(rows))
+            await db.executemany(_COUNT, _channel_counts(rows))
 
     async def last_seq(self, app: str, channel: str) -> int:
         rows = await self._fetch(
@@ -264,3 +265,10 @@ class PostgresStore(Store):
             "DELETE FROM widgets WHERE app = $1 AND id = $2", app, widget_id)
         return status.rsplit(" ", 1)[-1] != "0"
 
+
+def _channel_counts(rows: Sequence[Sequence[Any]]) -> list[tuple[str, str, int]]:
+    """How many of `rows` (app and channel first) each channel gets, for raising the stored
+    per-channel counts once per batch; channels in one order, so two writers raising the same
+    counts never deadlock."""
+    return [(app, channel, n) for (app, channel), n
+            in sorted(Counter((row[0], row[1]) for row in rows).items())]

@@ -47,8 +47,8 @@ BACKGROUND_NICENESS = 10  # added to the process's nice value for the writer and
 WAL_CHECKPOINT_PAGES = 10_000
 WAL_KEPT_BYTES = 64 << 20  # the -wal file is cut back to this after a checkpoint
 # The writer's page cache (SQLite's default is 2 MiB): a batch spread over many channels touches
-# a leaf page per channel in each index; with them cached, a row costs a quarter less of the
-# writer thread (bench/RESULTS.md, notes).
+# a leaf page per channel in each index; with them cached, a row cost a quarter less of the
+# writer thread (bench/RESULTS.md, notes; measured before migration 0005).
 WRITER_CACHE_KIB = 16 << 10
 _COUNT = "UPDATE channels SET records = records + ? WHERE id = ?"
 _NUMBER = (
