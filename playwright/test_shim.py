@@ -17,6 +17,24 @@ from tests.broker.conftest import RedisServer, require_redis_server
 from tests.http import Client
 from tests.live import UNIT, Server
 
+# Keeps the page's pending timeouts so a test can fire them all at once, as though every delay
+# had run out: whatever the shim left scheduled happens now, not after some backoff.
+TIMER_LEDGER = """var nativeSetTimeout = window.setTimeout;
+var nativeClearTimeout = window.clearTimeout;
+var pendingTimers = new Map();
+window.setTimeout = function (callback, delay) {
+  var id = nativeSetTimeout(function () { pendingTimers.delete(id); callback(); }, delay);
+  pendingTimers.set(id, callback);
+  return id;
+};
+window.clearTimeout = function (id) { pendingTimers.delete(id); nativeClearTimeout(id); };
+window.fireTimers = function () {
+  var due = Array.from(pendingTimers);
+  pendingTimers.clear();
+  due.forEach(function (entry) { nativeClearTimeout(entry[0]); entry[1](); });
+  return due.length;
+};"""
+
 
 def page_with(live: Server, config: str, script: str) -> str:
     return (f"<script>window.C8WS = {config};</script>"
@@ -126,7 +144,8 @@ def test_a_server_that_cannot_be_reached_is_said_once_per_outage(
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
     channel = fresh("down")
-    script = f"""var Native = window.WebSocket;
+    script = f"""{TIMER_LEDGER}
+var Native = window.WebSocket;
 window.down = true;
 window.attempts = 0;
 window.WebSocket = function (url) {{
@@ -169,7 +188,9 @@ ws.close();
 c8PlayerApi.reconnectNow();""")
     page.wait_for_function("window.ws.state === 'closed'")
     tried = page.evaluate("window.attempts")
-    page.wait_for_timeout(1000)  # past the backoff's first delays
+    for _ in range(2):  # what a fired timer sets up, too: as if any backoff had run out
+        page.evaluate("window.fireTimers()")
+        page.wait_for_timeout(200)
     assert page.evaluate("[window.errors, window.closes, window.attempts]") == [
         ["unreachable", "unreachable"], [False], tried]
 

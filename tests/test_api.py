@@ -8,13 +8,16 @@ import http.client
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jwt
 import orjson
 import pytest
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from app.signin_links import MAX_AGE
 from tests.http import Client
 from tests.live import Server
 
@@ -140,6 +143,26 @@ def test_sign_in_with_one_time_link_then_save_with_csrf(server: Server) -> None:
     status, _, _ = client.request("PUT", "/api/widgets/cookie", WIDGET,
                                   headers={"X-CSRF-Token": csrf.group(1)})
     assert status == 200
+
+
+def test_sign_in_links_expire(server: Server) -> None:
+    """A link signed with the server's own key and salt signs in while fresh and is refused
+    once older than MAX_AGE: a link from old logs is dead."""
+    key = (server.data_dir / "session.key").read_text().strip()
+
+    def link(age: int) -> str:
+        class Signer(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(time.time()) - age
+
+        serializer = URLSafeTimedSerializer(key, salt="c8ws sign-in link", signer=Signer)
+        return str(serializer.dumps({"app": "demo", "once": f"age{age}"}))
+
+    client = Client(server.http)
+    status, page, _ = client.request("GET", f"/signin?token={link(MAX_AGE + 60)}")
+    assert status == 200 and "That sign-in link was used already" in page  # the form
+    status, _, headers = client.request("GET", f"/signin?token={link(MAX_AGE - 60)}")
+    assert status == 302 and headers["Location"].endswith("/playground")
 
 
 def test_sign_in_form(server: Server) -> None:
