@@ -346,6 +346,10 @@ def run_notes(r: RunResult) -> list[str]:
     if r.gen.get("foreign_frames"):
         notes.append(f"{r.gen['foreign_frames']} frames that were not benchmark messages "
                      f"(errors or refusals from the server)")
+    if r.gen.get("publish_errors"):
+        errors = r.gen["publish_errors"]
+        notes.append(f"{sum(errors.values())} publishes answered with an error frame {errors} "
+                     f"(code: count): refused by the server, so their deliveries count as lost")
     if r.gen.get("gaps"):
         notes.append(f"{r.gen['gaps']} gaps in sequence numbers")
     if not r.gen.get("drained", True):

@@ -117,7 +117,23 @@ function makeMessage(channel, seq) {
 // Close codes of every connection closed by the server before the results are taken, counted
 // from the moment it opens (a refusal, e.g. 4029, closes it before any run starts).
 const closes = {};
+const publishErrors = {}; // error code: publishes the server answered with an error frame
 let counting = true;
+
+// A publisher hears nothing but the server's answers to its publishes: an error frame is a
+// publish the server refused (never delivered), not one lost on the way.
+function watchPublisher(peer) {
+  peer.onMessage((data) => {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      return;
+    }
+    const error = msg !== null && typeof msg === 'object' && msg.system && msg.system.error;
+    if (error && counting) publishErrors[error.code] = (publishErrors[error.code] || 0) + 1;
+  });
+}
 
 // A peer of either protocol: send(text), isOpen(), onMessage(fn(data)), terminate().
 class WsPeer {
@@ -359,6 +375,7 @@ async function runFanout(opts) {
   const members = byChannel(slots, opts.channels, opts.subscribers);
   await sleep(opts.settle * 1000);
   const publishers = await connectAll(channels.map((c) => publisherTarget(opts, c)), opts);
+  for (const publisher of publishers) if (publisher !== null) watchPublisher(publisher);
   await sleep(100);
 
   // Per channel: its publisher keeps at most WINDOW messages ahead of its last subscriber. A
@@ -417,6 +434,7 @@ async function runFanout(opts) {
     refused: refused.count,
     refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
+    publish_errors: { ...publishErrors },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
@@ -436,6 +454,7 @@ async function runRate(opts) {
   const members = byChannel(slots, opts.channels, opts.subscribers);
   const publisherTargets = Array.from({ length: opts.channels }, (_, c) => publisherTarget(opts, c));
   const publishers = await connectAll(publisherTargets, opts);
+  for (const publisher of publishers) if (publisher !== null) watchPublisher(publisher);
   await sleep(opts.settle * 1000);
 
   // The offered rate is spread over the channels whose publisher connected.
@@ -495,6 +514,7 @@ async function runRate(opts) {
     refused: refused.count,
     refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
+    publish_errors: { ...publishErrors },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, (performance.now() - t0) / 1000),
   };
@@ -545,6 +565,7 @@ async function runIdle(opts) {
     refused: refused.count,
     refused_reasons: { ...refused.reasons },
     closes_by_code: { ...closes },
+    publish_errors: { ...publishErrors },
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     generator_cpu_pct: cpuPercent(cpu, seconds),
   };
