@@ -17,23 +17,28 @@ from tests.broker.conftest import RedisServer, require_redis_server
 from tests.http import Client
 from tests.live import UNIT, Server
 
-# Keeps the page's pending timeouts so a test can fire them all at once, as though every delay
-# had run out: whatever the shim left scheduled happens now, not after some backoff.
+# Keeps the page's pending timeouts so a test can fire them at once, as though their delays had
+# run out: all of them (whatever the shim left scheduled happens now, not after some backoff),
+# or those set with one delay; how many it fired.
 TIMER_LEDGER = """var nativeSetTimeout = window.setTimeout;
 var nativeClearTimeout = window.clearTimeout;
 var pendingTimers = new Map();
 window.setTimeout = function (callback, delay) {
   var id = nativeSetTimeout(function () { pendingTimers.delete(id); callback(); }, delay);
-  pendingTimers.set(id, callback);
+  pendingTimers.set(id, {callback: callback, delay: delay});
   return id;
 };
 window.clearTimeout = function (id) { pendingTimers.delete(id); nativeClearTimeout(id); };
-window.fireTimers = function () {
-  var due = Array.from(pendingTimers);
-  pendingTimers.clear();
-  due.forEach(function (entry) { nativeClearTimeout(entry[0]); entry[1](); });
+window.fireTimers = function (delay) {
+  var due = Array.from(pendingTimers).filter(function (entry) {
+    return delay === undefined || entry[1].delay === delay;
+  });
+  due.forEach(function (entry) { pendingTimers.delete(entry[0]); nativeClearTimeout(entry[0]); });
+  due.forEach(function (entry) { entry[1].callback(); });
   return due.length;
 };"""
+IDLE_PING_MS = 25_000  # the shim's quiet time before it pings the server
+PONG_TIMEOUT_MS = 10_000  # and how long it then waits for the pong
 
 
 def page_with(live: Server, config: str, script: str) -> str:
@@ -114,6 +119,76 @@ window.errors = errors;"""
                           {"limit": 1000, "sortField": "seq", "sortOrder": "asc"},
                           headers={"X-Api-Key": "demo"})[1]
     assert [item["data"]["i"] for item in body["items"]] == list(range(600))
+
+
+def test_a_heartbeat_ping_waits_for_the_rate_limit_like_a_publish(
+        page: Page, own_site: Callable[[str, str], str], tmp_path: Path) -> None:
+    """The server counts a ping against the connection's rate limit, so the shim does too: a
+    ping due while publishes go out at the limit waits for its turn, and the server refuses
+    none of them. Pings sent past the limit took the tokens publishes needed, and those
+    publishes were dropped as rate_limited once pings outgrew the shim's margin (a slow
+    limit, or, as here, pings made due again and again)."""
+    server = Server(tmp_path, {"C8WS_MSG_RATE": "20", "C8WS_MSG_BURST": "20"}).start()
+    try:
+        channel = fresh("pingpace")
+        script = f"""{TIMER_LEDGER}
+var errors = [];
+var ws = new c8PlayerApi.webSocket({{persistent: true}});
+ws.onError = function (error) {{ errors.push(error.code); }};
+ws.onOpen = function () {{
+  for (var i = 0; i < 60; i++) ws.publish({{i: i}});
+  document.title = "published";
+}};
+window.errors = errors;"""
+        page.goto(own_site("pingpace.html",
+                           page_with(server, f"{{channel: '{channel}'}}", script)))
+        expect(page).to_have_title("published")
+        pings = 0
+        for _ in range(25):  # past the burst, 40 publishes take 2 s at 20/s: ping meanwhile
+            pings += page.evaluate(f"window.fireTimers({IDLE_PING_MS})")  # as if quiet so long
+            page.wait_for_timeout(100)
+        assert pings >= 10  # each pong starts the quiet time again
+        client = Client(server.http)
+
+        def stored() -> int:
+            body = client.request("POST", f"/api/channels/{channel}/search",
+                                  {"limit": 1}, headers={"X-Api-Key": "demo"})[1]
+            return int(body["total"])
+
+        deadline = time.monotonic() + 20 * UNIT
+        while stored() < 60 and not page.evaluate("window.errors"):
+            assert time.monotonic() < deadline, stored()
+            time.sleep(0.2)
+        assert page.evaluate("window.errors") == []
+        assert stored() == 60
+    finally:
+        server.stop()
+
+
+def test_a_connection_whose_pings_go_unanswered_is_given_up(
+        page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
+    """No pong in time after a ping: the shim gives the connection up and opens another, since
+    a dead connection's close can take minutes to show. The wait starts when the ping is sent,
+    not when it was due (it may wait for the rate limit)."""
+    script = f"""{TIMER_LEDGER}
+var nativeSend = WebSocket.prototype.send;
+window.swallowed = 0;
+WebSocket.prototype.send = function (data) {{
+  if (data === "cmd_ping") {{ window.swallowed += 1; return; }}  // lost on the way
+  return nativeSend.call(this, data);
+}};
+window.opens = 0;
+window.closes = [];
+var ws = new c8PlayerApi.webSocket();
+ws.onOpen = function () {{ window.opens += 1; document.title = "opened " + window.opens; }};
+ws.onClose = function (event) {{ window.closes.push(event.willReconnect); }};"""
+    page.goto(own_site("deaf.html", page_with(live, f"{{channel: '{fresh('deaf')}'}}", script)))
+    expect(page).to_have_title("opened 1")
+    assert page.evaluate(f"window.fireTimers({IDLE_PING_MS})") == 1  # quiet for that long
+    assert page.evaluate("[window.swallowed, window.closes]") == [1, []]
+    assert page.evaluate(f"window.fireTimers({PONG_TIMEOUT_MS})") == 1  # and no pong since
+    expect(page).to_have_title("opened 2")
+    assert page.evaluate("window.closes") == [True]
 
 
 def test_the_count_is_told_after_open_and_then_on_changes_only(

@@ -787,6 +787,9 @@
       }, SEARCH_TIMEOUT_MS);
     }
     this._send(item.text);
+    if (item.ping) {
+      this._awaitPong();
+    }
   };
 
   C8Socket.prototype._flush = function () {
@@ -927,12 +930,19 @@
       if (self._state !== State.OPEN) {
         return;
       }
-      self._send("cmd_ping");
-      self._pongTimer = setTimeout(function () {
-        self._pongTimer = null;
-        self._abandon();
-      }, PONG_TIMEOUT_MS);
+      // The server counts a ping against the rate limit like any frame: it waits for a token,
+      // ahead of what else waits, and the pong is awaited once it is sent (see _transmit).
+      self._outbox.unshift({ text: "cmd_ping", ping: true });
+      self._drain();
     }, IDLE_PING_MS);
+  };
+
+  C8Socket.prototype._awaitPong = function () {
+    var self = this;
+    this._pongTimer = setTimeout(function () {
+      self._pongTimer = null;
+      self._abandon();
+    }, PONG_TIMEOUT_MS);
   };
 
   C8Socket.prototype._stopHeartbeat = function () {
@@ -944,6 +954,10 @@
       clearTimeout(this._pongTimer);
       this._pongTimer = null;
     }
+    // A ping still waiting for its turn was for this connection; the next starts its own.
+    this._outbox = this._outbox.filter(function (item) {
+      return !item.ping;
+    });
   };
 
   // The server stopped answering: a dead connection's close handshake can take minutes, so
