@@ -41,6 +41,13 @@ IDLE_PING_MS = 25_000  # the shim's quiet time before it pings the server
 PONG_TIMEOUT_MS = 10_000  # and how long it then waits for the pong
 
 
+def stored(live: Server, channel: str) -> int:
+    """How many records the channel has in the store (a search's total)."""
+    body = Client(live.http).request("POST", f"/api/channels/{channel}/search", {"limit": 1},
+                                     headers={"X-Api-Key": "demo"})[1]
+    return int(body["total"])
+
+
 def page_with(live: Server, config: str, script: str) -> str:
     return (f"<script>window.C8WS = {config};</script>"
             f'<script src="{live.http}/static/c8-player-api.js"></script>'
@@ -103,19 +110,12 @@ ws.onError = function (error) { errors.push(error.code); };
 for (var i = 0; i < 600; i++) ws.publish({i: i});
 window.errors = errors;"""
     page.goto(own_site("burst.html", page_with(live, f"{{channel: '{channel}'}}", script)))
-    client = Client(live.http)
-
-    def stored() -> int:
-        body = client.request("POST", f"/api/channels/{channel}/search",
-                              {"limit": 1}, headers={"X-Api-Key": "demo"})[1]
-        return int(body["total"])
-
     deadline = time.monotonic() + 20 * UNIT
-    while stored() < 600:
-        assert time.monotonic() < deadline, stored()
+    while stored(live, channel) < 600:
+        assert time.monotonic() < deadline, stored(live, channel)
         time.sleep(0.2)
     assert page.evaluate("window.errors") == []
-    body = client.request("POST", f"/api/channels/{channel}/search",
+    body = Client(live.http).request("POST", f"/api/channels/{channel}/search",
                           {"limit": 1000, "sortField": "seq", "sortOrder": "asc"},
                           headers={"X-Api-Key": "demo"})[1]
     assert [item["data"]["i"] for item in body["items"]] == list(range(600))
@@ -148,19 +148,12 @@ window.errors = errors;"""
             pings += page.evaluate(f"window.fireTimers({IDLE_PING_MS})")  # as if quiet so long
             page.wait_for_timeout(100)
         assert pings >= 10  # each pong starts the quiet time again
-        client = Client(server.http)
-
-        def stored() -> int:
-            body = client.request("POST", f"/api/channels/{channel}/search",
-                                  {"limit": 1}, headers={"X-Api-Key": "demo"})[1]
-            return int(body["total"])
-
         deadline = time.monotonic() + 20 * UNIT
-        while stored() < 60 and not page.evaluate("window.errors"):
-            assert time.monotonic() < deadline, stored()
+        while stored(server, channel) < 60 and not page.evaluate("window.errors"):
+            assert time.monotonic() < deadline, stored(server, channel)
             time.sleep(0.2)
         assert page.evaluate("window.errors") == []
-        assert stored() == 60
+        assert stored(server, channel) == 60
     finally:
         server.stop()
 
