@@ -18,7 +18,7 @@ from app.api import checked_channel, json_body, json_response, validated
 from app.broker.base import BrokerError
 from app.errors import UNDELIVERED, ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
-from app.protocol import data_from_text
+from app.protocol import check_nesting, data_from_text
 from app.query import validate_query
 from app.replay import MAX_RECORDS, Replay, Replays
 from app.schemas import PublishBody, ReplayBody, SeekBody
@@ -117,6 +117,7 @@ def export_filters(raw: str | None) -> list[dict[str, Any]]:
     except orjson.JSONDecodeError:
         raise HTTPError(400, ErrorCode.INVALID_QUERY, "filters must be a JSON list") from None
     try:
+        check_nesting(raw, filters)
         return cast(list[dict[str, Any]], validate_query({"filters": filters})["filters"])
     except ClientError as error:
         raise HTTPError(400, error.code, error.message) from None
@@ -172,6 +173,8 @@ async def publish() -> Response:
             data=data_from_text(message) if text is not None else message,
             persistent=fields["persistent"])
         await node.dispatch(record)
+    except ClientError as error:  # a text message that is JSON nested too deep
+        raise HTTPError(400, error.code, error.message) from None
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
     except BrokerError:

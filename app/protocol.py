@@ -79,6 +79,12 @@ def _command(text: str) -> Command:
     return command
 
 
+MAX_JSON_DEPTH = 128
+"""How deep the JSON a client sends may nest. What the server sends back wraps it a few levels
+deeper, and orjson encodes at most 254 levels (it parses 1,024): deeper data, once accepted,
+could be delivered to nobody and stored nowhere."""
+
+
 def parse_piesocket(frame: Frame) -> Command:
     """A piesocket frame: `cmd_…` commands are answered, everything else is relayed."""
     if isinstance(frame, bytes):
@@ -108,10 +114,11 @@ def parse_c8(frame: Frame) -> Command:
         raise ClientError(ErrorCode.UNKNOWN_COMMAND, f"unknown frame kind {kind[:40]!r}")
     if not isinstance(body, dict):
         raise ClientError(ErrorCode.INVALID_JSON, f"{kind!r} must be a JSON object")
+    rid = body.get("rid") if isinstance(body.get("rid"), str) else None
+    check_nesting(frame, value, rid)
     try:
         fields = schema.load(body)
     except ValidationError as error:
-        rid = body.get("rid") if isinstance(body.get("rid"), str) else None
         code = ErrorCode.INVALID_QUERY if kind == "search" else ErrorCode.INVALID_JSON
         raise ClientError(code, f"{kind}: {first_error(error)}", rid) from None
     if kind == "publish":
@@ -165,9 +172,31 @@ def encode_record(record: Record) -> RecordFrames:
 def data_from_text(text: str) -> Any:
     """Bridging: a piesocket frame's data is its JSON value, or the string itself."""
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+    check_nesting(text, value)
+    return value
+
+
+def check_nesting(text: str | bytes, value: Any, rid: str | None = None) -> None:
+    """Refuse JSON from a client that nests deeper than MAX_JSON_DEPTH (`invalid_json`, with the
+    request's `rid`). Only text long enough, with enough brackets, to nest that deep is walked."""
+    if len(text) <= 2 * MAX_JSON_DEPTH:
+        return
+    brackets = (text.count(b"[") + text.count(b"{") if isinstance(text, bytes)
+                else text.count("[") + text.count("{"))
+    if brackets <= MAX_JSON_DEPTH:
+        return
+    level = [value]  # the values inside as many containers as the loop has gone down
+    for _ in range(MAX_JSON_DEPTH):
+        level = [inner for outer in level if isinstance(outer, dict | list)
+                 for inner in (outer.values() if isinstance(outer, dict) else outer)]
+        if not level:
+            return
+    if any(isinstance(inner, dict | list) for inner in level):
+        raise ClientError(ErrorCode.INVALID_JSON,
+                          f"JSON nested more than {MAX_JSON_DEPTH} levels deep", rid)
 
 
 def status_frame(connections: int) -> str:

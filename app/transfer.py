@@ -13,7 +13,8 @@ from typing import IO, Any
 
 import orjson
 
-from app.errors import ConfigError
+from app.errors import ClientError, ConfigError
+from app.protocol import check_nesting
 from app.records import Record
 from app.store.base import Store
 
@@ -98,8 +99,11 @@ def _ndjson(lines: IO[str]) -> Iterator[dict[str, Any]]:
             continue
         try:
             value = orjson.loads(line)
+            check_nesting(line, value)
         except orjson.JSONDecodeError:
             raise ConfigError(f"line {number} is not JSON") from None
+        except ClientError as error:
+            raise ConfigError(f"line {number}: {error.message}") from None
         if not isinstance(value, dict) or not {"id", "created", "data"} <= value.keys():
             raise ConfigError(f"line {number} is not a record (id, created, data)")
         yield value

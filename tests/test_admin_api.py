@@ -7,6 +7,7 @@ import csv
 import io
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +84,12 @@ async def test_rest_publish(server: Server) -> None:
         ({"key": "demo"}, 400),
     ]:
         assert client.request("POST", "/api/publish", bad)[0] == code
+    deep = "[" * 129 + "]" * 129  # nested past 128 levels: refused as a value and as a text
+    for message in (orjson.loads(deep), deep):
+        status, answer, _ = client.request("POST", "/api/publish", {
+            "key": "demo", "secret": server.secret, "channelId": "rest", "message": message})
+        assert status == 400 and answer["error"] == {
+            "code": "invalid_json", "message": "JSON nested more than 128 levels deep"}
 
 
 async def test_rest_publish_keeps_the_apps_frame_size_and_rate(
@@ -154,3 +161,29 @@ async def test_export_import_round_trip(make_server: Callable[..., Server],
     rows = list(csv.reader(io.StringIO(table)))
     assert rows[0] == ["seq", "id", "client_id", "created", "username", "data"]
     assert len(rows) == 10_001 and orjson.loads(rows[1][5]) == {"n": 0, "text": "message 0"}
+
+
+async def test_import_and_export_refuse_json_nested_too_deep(
+        make_server: Callable[..., Server], tmp_path: Path) -> None:
+    """The CLI import stops at a line nested past 128 levels, naming it (the lines before it are
+    imported); the export's `filters` parameter nested that deep is a 400."""
+    live = make_server()
+    dump = tmp_path / "deep.ndjson"
+    deep = "[" * 128 + "]" * 128  # a record nests it one level deeper
+    dump.write_text('{"id":"a","created":1,"data":1}\n'
+                    f'{{"id":"b","created":2,"data":{deep}}}\n')
+    imported = subprocess.run(
+        [sys.executable, "-m", "app.cli", "import", str(dump), "--channel", "deepimport",
+         "--data-dir", str(live.data_dir)], capture_output=True, text=True, timeout=120)
+    assert imported.returncode != 0
+    assert "line 2: JSON nested more than 128 levels deep" in imported.stderr
+    client = Client(live.http)
+    secret = {"X-Api-Secret": live.secret}
+    status, exported, _ = client.request("GET", "/api/channels/deepimport/export",
+                                         headers=secret)
+    assert [orjson.loads(line)["id"] for line in exported.split()] == ["a"]
+    filters = urllib.parse.quote(f'[{{"field":"data","operator":"=","value":{deep}}}]')
+    status, answer, _ = client.request(
+        "GET", f"/api/channels/deepimport/export?filters={filters}", headers=secret)
+    assert status == 400 and answer["error"]["message"] == (
+        "JSON nested more than 128 levels deep")

@@ -81,6 +81,25 @@ async def test_errors_are_non_fatal_and_carry_rid(server: Server) -> None:
         assert (await recv_kind(b, "message"))["data"] == "still alive"
 
 
+async def test_data_nested_too_deep_is_refused_with_its_rid(server: Server) -> None:
+    """A publish whose frame nests past 128 levels is invalid_json (its rid kept); the data at
+    the limit (the frame wraps it in two objects) is published."""
+    url = server.ws("/c8/deepc8?api_key=demo&persistent=1")
+    async with await connect(url) as a, await connect(url) as b:
+        await recv_kind(a, "welcome")
+        await recv_kind(b, "welcome")
+        await a.send('{"publish":{"rid":"d1","data":' + "[" * 127 + "]" * 127 + "}}")
+        error = await recv_kind(a, "error")
+        assert error == {"code": "invalid_json", "rid": "d1",
+                         "message": "JSON nested more than 128 levels deep"}
+        at_limit: object = []
+        for _ in range(125):
+            at_limit = [at_limit]
+        await a.send(publish(at_limit, rid="d2"))
+        assert (await recv_kind(a, "reply"))["record"]["data"] == at_limit
+        assert (await recv_kind(b, "message"))["data"] == at_limit
+
+
 async def test_commands_work_on_c8(server: Server) -> None:
     """The raw cmd_ping/cmd_status text frames are answered as in the piesocket dialect."""
     async with await connect(server.ws("/c8/c8cmd?api_key=demo")) as a:

@@ -6,10 +6,21 @@ import asyncio
 import subprocess
 import sys
 
+import orjson
 import pytest
 import websockets
 
-from tests.live import UNIT, Server, closed_with, connect, nothing_within, recv, recv_json
+from tests.http import Client
+from tests.live import (
+    UNIT,
+    Server,
+    closed_with,
+    connect,
+    nothing_within,
+    recv,
+    recv_json,
+    recv_kind,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -177,6 +188,28 @@ async def test_garbage_text_is_relayed_not_fatal(server: Server) -> None:
         for text in ['{"unterminated', "\u0000\ufffd", "[]", "null", " "]:
             await a.send(text)
             assert await recv(b) == text
+
+
+@pytest.mark.parametrize("persistent", ["", "&persistent=1"])
+async def test_json_nested_too_deep_is_refused_and_reaches_nobody(
+        server: Server, persistent: str) -> None:
+    """JSON nested past 128 levels could not be sent on to c8 members nor stored: its sender
+    gets invalid_json, nobody gets the frame, and the next one (at the limit) goes through."""
+    channel = f"deep{len(persistent)}"
+    url = server.ws(f"/v3/{channel}?api_key=demo{persistent}")
+    at_limit, too_deep = "[" * 128 + "]" * 128, "[" * 129 + "]" * 129
+    async with (await connect(url) as a, await connect(url) as b,
+                await connect(server.ws(f"/c8/{channel}?api_key=demo")) as c):
+        await recv_kind(c, "welcome")
+        await a.send(too_deep)
+        error = (await recv_json(a))["system"]["error"]
+        assert error == {"code": "invalid_json", "message": "JSON nested more than 128 levels deep"}
+        await a.send(at_limit)
+        assert await recv(b) == at_limit
+        assert orjson.dumps((await recv_kind(c, "message"))["data"]).decode() == at_limit
+    status, body, _ = Client(server.http).request(
+        "POST", f"/api/channels/{channel}/search", {}, headers={"X-Api-Key": "demo"})
+    assert status == 200 and body["total"] == (1 if persistent else 0)
 
 
 async def test_shutdown_closes_members_with_1001(make_server: object) -> None:
