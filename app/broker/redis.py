@@ -63,6 +63,24 @@ published before it is back are missed by this node, so it keeps trying often.""
 RESUME_CAP = 5.0
 """Longest pause, in seconds, between two attempts to settle a channel subscribed again."""
 
+
+def _client(url: str, connections: int) -> aioredis.Redis:
+    """A client over a pool of `connections`. A blocking pool: when every connection is busy
+    (a thousand members joining at once), a command waits for one instead of failing with "too
+    many connections". A short retry: a node is better off failing a publish fast than stalling
+    its members."""
+    return aioredis.Redis.from_pool(
+        aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=ENGINE_TIMEOUT,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            socket_connect_timeout=ENGINE_TIMEOUT,
+            socket_timeout=ENGINE_TIMEOUT,
+            socket_keepalive=True,
+        ))
+
+
 @dataclasses.dataclass
 class _Subscription:
     key: ChannelKey
@@ -71,8 +89,8 @@ class _Subscription:
 
 
 class RedisBroker(Broker):
-    """One command connection pool and one pub/sub connection per node; the pub/sub connection
-    subscribes only to channels this node has members in.
+    """One command connection pool, one pub/sub connection and one heartbeat connection per
+    node; the pub/sub connection subscribes only to channels this node has members in.
 
     Counts heal themselves: each node refreshes its heartbeat every `heartbeat_ttl / 3`, counting
     skips (and deletes) the members of nodes whose heartbeat expired, a node that finds its
@@ -98,19 +116,11 @@ class RedisBroker(Broker):
         heartbeat_ttl: float = HEARTBEAT_TTL,
         reorder_window: float = REORDER_WINDOW,
     ) -> None:
-        # A short retry: a node is better off failing a publish fast than stalling its members.
-        # A blocking pool: when every connection is busy (a thousand members joining at once),
-        # a command waits for one instead of failing with "too many connections".
-        self._redis: aioredis.Redis = aioredis.Redis.from_pool(
-            aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=POOL_SIZE,
-                timeout=ENGINE_TIMEOUT,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-                socket_connect_timeout=ENGINE_TIMEOUT,
-                socket_timeout=ENGINE_TIMEOUT,
-                socket_keepalive=True,
-            ))
+        self._redis = _client(url, POOL_SIZE)
+        # The heartbeat has a connection of its own: when every pooled one is busy (an
+        # overload), it would wait for one and fail, and the node, taken for dead, would have its
+        # members uncounted until it registered them all again.
+        self._beat_redis = _client(url, 1)
         self.node_id = secrets.token_hex(6)
         self._keys = Keys(prefix, self.node_id)
         self._ttl_ms = max(1, round(heartbeat_ttl * 1000))
@@ -127,6 +137,8 @@ class RedisBroker(Broker):
         self._connections = Connections(self._redis, self._keys)
         self._presence: RedisPresence | None = None
         self._presence_handler: PresenceHandler | None = None
+        self._expiries = 0  # heartbeats that found this node's key gone
+        self._restored = 0  # of those, how many an upkeep has since restored after
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -138,6 +150,7 @@ class RedisBroker(Broker):
             await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         except DRIVER_ERRORS as error:
             await self._redis.aclose()
+            await self._beat_redis.aclose()
             self._state = BrokerState.CLOSED
             raise BrokerError(f"cannot reach Redis: {error}") from error
         # Called on every later connect: Redis may have restarted, empty or from an older copy.
@@ -151,6 +164,7 @@ class RedisBroker(Broker):
         self._tasks = [
             asyncio.create_task(self._read(pubsub), name="redis-broker-reader"),
             asyncio.create_task(self._beat(), name="redis-broker-heartbeat"),
+            asyncio.create_task(self._upkeep(), name="redis-broker-upkeep"),
         ]
 
     async def close(self) -> None:
@@ -183,6 +197,7 @@ class RedisBroker(Broker):
         if self._pubsub is not None:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
+        await self._beat_redis.aclose()
 
     async def _forget_node(self) -> None:
         """A clean exit: stop counting this node's members now, not when its heartbeat expires."""
@@ -380,30 +395,44 @@ class RedisBroker(Broker):
             return await self._connections.count(key)
 
     async def _beat(self) -> None:
-        """Keep this node's heartbeat alive; if it had expired, count this node's members again,
-        and set right the channels where counting one failed. Then let presence restore and
-        sweep. Until closed, like the reader."""
-        # The heartbeat had expired and this node's members are not all back yet: this beat set
-        # the key again, so the next one would not know if this one's restore failed.
-        expired = False
+        """Keep this node's heartbeat alive, on a connection of its own and apart from the
+        upkeep: nothing waiting for the pool (the upkeep, an overload's commands) holds it back
+        past its TTL. Until closed, like the reader."""
         while self._state is BrokerState.STARTED:
             await asyncio.sleep(self._beat_every)
             try:
-                previous = await self._redis.set(
+                previous = await self._beat_redis.set(
                     self._keys.beat, b"1", px=self._ttl_ms, get=True)
-                if previous is None and self._connections:
+            except DRIVER_ERRORS as error:
+                log.warning("Redis heartbeat failed: %s", error)
+                continue
+            except Exception:
+                log.exception("Redis heartbeat failed")
+                continue
+            if previous is None:
+                if self._connections:
                     log.warning("this node's heartbeat had expired; registering its members again")
-                expired = expired or previous is None
+                self._expiries += 1
+
+    async def _upkeep(self) -> None:
+        """As often as the heartbeat: count this node's members again after their heartbeat had
+        expired (until one upkeep has done it whole), set right the channels where counting one
+        failed, then let presence restore and sweep. Until closed."""
+        while self._state is BrokerState.STARTED:
+            await asyncio.sleep(self._beat_every)
+            expiries = self._expiries
+            expired = self._restored < expiries
+            try:
                 if expired and self._connections:
                     await self._connections.restore()
                 await self._connections.resync()
                 if self._presence is not None:
                     await self._presence.beat(expired=expired)
-                expired = False
+                self._restored = expiries
             except DRIVER_ERRORS as error:
-                log.warning("Redis heartbeat failed: %s", error)
+                log.warning("Redis upkeep failed: %s", error)
             except Exception:
-                log.exception("Redis heartbeat failed")
+                log.exception("Redis upkeep failed")
 
     # presence -----------------------------------------------------------------------------------
 

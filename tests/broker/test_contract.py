@@ -21,7 +21,7 @@ import redis
 from app.broker import create_broker
 from app.broker.base import BrokerError, PresenceChange, PresenceEvent, PresenceMember
 from app.broker.memory import MemoryBroker
-from app.broker.redis import RedisBroker
+from app.broker.redis import POOL_SIZE, RedisBroker
 from app.broker.redis_engine import channel_tag
 from app.broker.redis_presence import RedisPresence
 from app.errors import ConfigError
@@ -430,7 +430,7 @@ async def test_a_closed_node_stops_being_counted_at_once(cluster: Cluster) -> No
 
 CHILD = """
 import asyncio, sys
-from app.broker.redis import RedisBroker
+from app.broker.redis import POOL_SIZE, RedisBroker
 
 async def main():
     url, prefix, ttl, app, channel = sys.argv[1:]
@@ -510,6 +510,33 @@ async def test_live_node_with_a_short_ttl_stays_counted(cluster: Cluster) -> Non
         return await b.broker.count_connections(key) != 1
 
     assert not await until_async(lost, 1.5)
+
+
+async def test_a_node_with_every_pooled_connection_busy_keeps_its_heartbeat(
+    cluster: Cluster,
+) -> None:
+    """An overloaded node's commands all wait for its pool, and so does its upkeep (a presence
+    sweep, here); its heartbeat goes out on a connection of its own and on time, so the other
+    nodes keep counting its members."""
+    needs_nodes(cluster)
+    a = await cluster.node(heartbeat_ttl=0.5 * UNIT)
+    b = await cluster.node()
+    key = new_channel()
+    await a.broker.add_connection(key, "a:1")
+    await a.presence.join(key, "a:1", "u-ann", "ann")  # each upkeep sweeps the channel
+    assert isinstance(a.broker, RedisBroker)
+    # Every pooled connection of the node held for 4 s (under the 5 s socket timeout) by a
+    # blocking read of a list nobody fills, as a backlog of slow commands would hold them.
+    nothing = f"{cluster.prefix}never-filled"
+    held = [asyncio.create_task(a.broker._redis.blpop([nothing], timeout=4))
+            for _ in range(POOL_SIZE)]
+    await asyncio.sleep(0.2)
+
+    async def lost() -> bool:
+        return await b.broker.count_connections(key) != 1
+
+    assert not await until_async(lost, 3)
+    assert await asyncio.gather(*held) == [None] * POOL_SIZE
 
 
 # presence ---------------------------------------------------------------------------------------
@@ -669,7 +696,7 @@ async def test_a_closed_node_leaves_the_rosters(cluster: Cluster) -> None:
 
 PRESENCE_CHILD = """
 import asyncio, sys
-from app.broker.redis import RedisBroker
+from app.broker.redis import POOL_SIZE, RedisBroker
 
 async def main():
     url, prefix, ttl, app, channel = sys.argv[1:]
