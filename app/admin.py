@@ -162,6 +162,10 @@ async def publish() -> Response:
     if size > limits.max_frame_bytes:
         raise HTTPError(413, ErrorCode.TOO_LARGE,
                         f"message too large: the limit is {limits.max_frame_bytes} bytes")
+    try:
+        data = data_from_text(text) if text is not None else message
+    except ClientError as error:  # a text that is JSON nested too deep
+        raise HTTPError(400, error.code, error.message) from None
     bucket = node.http_bucket(app.id, limits)
     if not bucket.take():
         raise HTTPError(429, ErrorCode.RATE_LIMITED,
@@ -169,12 +173,9 @@ async def publish() -> Response:
                         "the app's REST publishes")
     try:
         record = await node.stamp(
-            (app.id, fields["channelId"]), client_id="http-api", text=text,
-            data=data_from_text(message) if text is not None else message,
+            (app.id, fields["channelId"]), client_id="http-api", text=text, data=data,
             persistent=fields["persistent"])
         await node.dispatch(record)
-    except ClientError as error:  # a text message that is JSON nested too deep
-        raise HTTPError(400, error.code, error.message) from None
     except NotStored as error:
         raise HTTPError(503, ErrorCode.NOT_STORED, str(error)) from None
     except BrokerError:

@@ -165,12 +165,13 @@ async def test_export_import_round_trip(make_server: Callable[..., Server],
 
 async def test_import_and_export_refuse_json_nested_too_deep(
         make_server: Callable[..., Server], tmp_path: Path) -> None:
-    """The CLI import stops at a line nested past 128 levels, naming it (the lines before it are
-    imported); the export's `filters` parameter nested that deep is a 400."""
+    """The CLI import takes data nested 128 levels, as a publish does, and stops at a line
+    whose data nests deeper, naming it (the lines before it are imported); the export's
+    `filters` parameter nested that deep is a 400."""
     live = make_server()
     dump = tmp_path / "deep.ndjson"
-    deep = "[" * 128 + "]" * 128  # a record nests it one level deeper
-    dump.write_text('{"id":"a","created":1,"data":1}\n'
+    at_limit, deep = "[" * 128 + "]" * 128, "[" * 129 + "]" * 129
+    dump.write_text(f'{{"id":"a","created":1,"data":{at_limit}}}\n'
                     f'{{"id":"b","created":2,"data":{deep}}}\n')
     imported = subprocess.run(
         [sys.executable, "-m", "app.cli", "import", str(dump), "--channel", "deepimport",
@@ -181,7 +182,7 @@ async def test_import_and_export_refuse_json_nested_too_deep(
     secret = {"X-Api-Secret": live.secret}
     status, exported, _ = client.request("GET", "/api/channels/deepimport/export",
                                          headers=secret)
-    assert [orjson.loads(line)["id"] for line in exported.split()] == ["a"]
+    assert [orjson.loads(line)["data"] for line in exported.split()] == [orjson.loads(at_limit)]
     filters = urllib.parse.quote(f'[{{"field":"data","operator":"=","value":{deep}}}]')
     status, answer, _ = client.request(
         "GET", f"/api/channels/deepimport/export?filters={filters}", headers=secret)

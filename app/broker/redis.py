@@ -139,6 +139,7 @@ class RedisBroker(Broker):
         self._presence_handler: PresenceHandler | None = None
         self._expiries = 0  # heartbeats that found this node's key gone
         self._restored = 0  # of those, how many an upkeep has since restored after
+        self._beaten = asyncio.Event()  # a heartbeat went out since the upkeep last started
 
     # lifecycle ----------------------------------------------------------------------------------
 
@@ -413,13 +414,16 @@ class RedisBroker(Broker):
                 if self._connections:
                     log.warning("this node's heartbeat had expired; registering its members again")
                 self._expiries += 1
+            self._beaten.set()
 
     async def _upkeep(self) -> None:
-        """As often as the heartbeat: count this node's members again after their heartbeat had
-        expired (until one upkeep has done it whole), set right the channels where counting one
-        failed, then let presence restore and sweep. Until closed."""
+        """After each heartbeat (once, when several went out while it ran): count this node's
+        members again after their heartbeat had expired (until one upkeep has done it whole),
+        set right the channels where counting one failed, then let presence restore and sweep.
+        Until closed."""
         while self._state is BrokerState.STARTED:
-            await asyncio.sleep(self._beat_every)
+            await self._beaten.wait()
+            self._beaten.clear()
             expiries = self._expiries
             expired = self._restored < expiries
             try:
