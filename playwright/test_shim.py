@@ -162,12 +162,22 @@ def test_a_connection_whose_pings_go_unanswered_is_given_up(
         page: Page, live: Server, own_site: Callable[[str, str], str]) -> None:
     """No pong in time after a ping: the shim gives the connection up and opens another, since
     a dead connection's close can take minutes to show. The wait starts when the ping is sent,
-    not when it was due (it may wait for the rate limit)."""
+    not when it was due (it may wait for the rate limit). The connection goes dead as the ping
+    leaves: nothing arrives after it (any frame would prove it alive, such as the count frame
+    that can follow the welcome, which made this test fail when it came after the ping)."""
     script = f"""{TIMER_LEDGER}
 var nativeSend = WebSocket.prototype.send;
+var onmessage = Object.getOwnPropertyDescriptor(WebSocket.prototype, "onmessage");
+Object.defineProperty(WebSocket.prototype, "onmessage", {{
+  configurable: true,
+  get: onmessage.get,
+  set: function (handler) {{
+    onmessage.set.call(this, function (event) {{ if (!this.dead) handler.call(this, event); }});
+  }}
+}});
 window.swallowed = 0;
 WebSocket.prototype.send = function (data) {{
-  if (data === "cmd_ping") {{ window.swallowed += 1; return; }}  // lost on the way
+  if (data === "cmd_ping") {{ window.swallowed += 1; this.dead = true; return; }}  // lost
   return nativeSend.call(this, data);
 }};
 window.opens = 0;
