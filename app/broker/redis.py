@@ -196,7 +196,8 @@ class RedisBroker(Broker):
             except DRIVER_ERRORS as error:
                 log.warning("could not remove this node's connections from Redis: %s", error)
         if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            # untyped in older redis releases, typed in newer ones: either passes
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         await self._redis.aclose()
         await self._beat_redis.aclose()
 
