@@ -18,7 +18,7 @@ from app.api import checked_channel, json_body, json_response, validated
 from app.broker.base import BrokerError
 from app.errors import UNDELIVERED, ClientError, CloseCode, ErrorCode, NotStored
 from app.member import Member
-from app.protocol import check_nesting, data_from_text
+from app.protocol import client_json, data_from_text
 from app.query import validate_query
 from app.replay import MAX_RECORDS, Replay, Replays
 from app.schemas import PublishBody, ReplayBody, SeekBody
@@ -113,12 +113,10 @@ def export_filters(raw: str | None) -> list[dict[str, Any]]:
     if not raw:
         return []
     try:
-        filters = orjson.loads(raw)
+        filters = client_json(raw)
+        return cast(list[dict[str, Any]], validate_query({"filters": filters})["filters"])
     except orjson.JSONDecodeError:
         raise HTTPError(400, ErrorCode.INVALID_QUERY, "filters must be a JSON list") from None
-    try:
-        check_nesting(raw, filters)
-        return cast(list[dict[str, Any]], validate_query({"filters": filters})["filters"])
     except ClientError as error:
         raise HTTPError(400, error.code, error.message) from None
 

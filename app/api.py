@@ -12,7 +12,7 @@ from quart import Blueprint, Response, current_app, request
 from app.access import HTTPError, app_from_key, app_from_secret, current_node
 from app.auth import sign_token
 from app.errors import ClientError, ErrorCode
-from app.protocol import check_nesting
+from app.protocol import client_json
 from app.schemas import CHANNEL_PATTERN, AuthRequest, WidgetBody, first_error
 from app.store.base import Widget
 from app.widgets import find_widget, list_widgets, source
@@ -65,14 +65,11 @@ def checked_widget_id(widget_id: str) -> str:
 async def json_body() -> Any:
     raw = await request.get_data()
     try:
-        body = orjson.loads(raw)
+        return client_json(raw)
     except orjson.JSONDecodeError:
         raise HTTPError(400, ErrorCode.INVALID_JSON, "request body is not valid JSON") from None
-    try:
-        check_nesting(raw, body)
     except ClientError as error:
         raise HTTPError(400, error.code, error.message) from None
-    return body
 
 
 def validated(schema: Any, body: Any) -> dict[str, Any]:

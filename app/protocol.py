@@ -87,6 +87,9 @@ accepted, could be delivered to nobody and stored nowhere."""
 ENCODABLE_DEPTH = 254
 """The deepest nesting orjson encodes (`orjson.dumps` refuses 255 levels)."""
 
+ORJSON_TOO_DEEP = "depth limit exceeded"
+"""How orjson's parse error begins for text nested deeper than it parses."""
+
 
 def parse_piesocket(frame: Frame) -> Command:
     """A piesocket frame: `cmd_…` commands are answered, everything else is relayed."""
@@ -104,7 +107,7 @@ def parse_c8(frame: Frame) -> Command:
     if frame.startswith("cmd_"):
         return _command(frame)
     try:
-        value = orjson.loads(frame)
+        value = client_json(frame, nesting=False)  # checked below, once the rid is known
     except orjson.JSONDecodeError:
         raise ClientError(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
     if not isinstance(value, dict) or len(value) != 1:
@@ -175,10 +178,24 @@ def encode_record(record: Record) -> RecordFrames:
 def data_from_text(text: str) -> Any:
     """Bridging: a piesocket frame's data is its JSON value, or the string itself."""
     try:
-        value = orjson.loads(text)
+        return client_json(text)
     except orjson.JSONDecodeError:
         return text
-    check_nesting(text, value)
+
+
+def client_json(text: str | bytes, *, nesting: bool = True) -> Any:
+    """A client's JSON text as a value, or orjson.JSONDecodeError when it is not JSON. JSON
+    nested deeper than orjson parses (1,024 levels) is refused like JSON nested past
+    MAX_JSON_DEPTH, not taken for text that is not JSON; `nesting=False` leaves the check of
+    the shallower levels to the caller (a c8 frame's, once its rid is known)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        if str(error).startswith(ORJSON_TOO_DEEP):
+            raise _nested_too_deep(None) from None
+        raise
+    if nesting:
+        check_nesting(text, value)
     return value
 
 
@@ -199,8 +216,12 @@ def check_nesting(text: str | bytes, value: Any, rid: str | None = None) -> None
     try:
         orjson.dumps(wrapped)
     except orjson.JSONEncodeError:
-        raise ClientError(ErrorCode.INVALID_JSON,
-                          f"JSON nested more than {MAX_JSON_DEPTH} levels deep", rid) from None
+        raise _nested_too_deep(rid) from None
+
+
+def _nested_too_deep(rid: str | None) -> ClientError:
+    return ClientError(ErrorCode.INVALID_JSON,
+                       f"JSON nested more than {MAX_JSON_DEPTH} levels deep", rid)
 
 
 def status_frame(connections: int) -> str:

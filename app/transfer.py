@@ -14,7 +14,7 @@ from typing import IO, Any
 import orjson
 
 from app.errors import ClientError, ConfigError
-from app.protocol import check_nesting
+from app.protocol import check_nesting, client_json
 from app.records import Record
 from app.store.base import Store
 
@@ -98,13 +98,13 @@ def _ndjson(lines: IO[str]) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            value = orjson.loads(line)
+            value = client_json(line, nesting=False)
+            if not isinstance(value, dict) or not {"id", "created", "data"} <= value.keys():
+                raise ConfigError(f"line {number} is not a record (id, created, data)")
+            # the data as a publish would have it: exported records nest it one level deeper
+            check_nesting(line, value["data"])
         except orjson.JSONDecodeError:
             raise ConfigError(f"line {number} is not JSON") from None
-        if not isinstance(value, dict) or not {"id", "created", "data"} <= value.keys():
-            raise ConfigError(f"line {number} is not a record (id, created, data)")
-        try:  # the data as a publish would have it: exported records nest it one level deeper
-            check_nesting(line, value["data"])
         except ClientError as error:
             raise ConfigError(f"line {number}: {error.message}") from None
         yield value

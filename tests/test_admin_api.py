@@ -85,9 +85,12 @@ async def test_rest_publish(server: Server) -> None:
     ]:
         assert client.request("POST", "/api/publish", bad)[0] == code
     deep = "[" * 129 + "]" * 129  # nested past 128 levels: refused as a value and as a text
-    for message in (orjson.loads(deep), deep):
-        status, answer, _ = client.request("POST", "/api/publish", {
-            "key": "demo", "secret": server.secret, "channelId": "rest", "message": message})
+    past_parser = "[" * 1025 + "]" * 1025  # and past what orjson parses: as a text and a body
+    bodies = [orjson.dumps({"key": "demo", "secret": server.secret, "channelId": "rest",
+                            "message": message}) for message in (orjson.loads(deep), deep,
+                                                                  past_parser)]
+    for body in [*bodies, b'{"key":"demo","message":' + past_parser.encode() + b"}"]:
+        status, answer, _ = client.request("POST", "/api/publish", body)
         assert status == 400 and answer["error"] == {
             "code": "invalid_json", "message": "JSON nested more than 128 levels deep"}
 
@@ -166,18 +169,20 @@ async def test_export_import_round_trip(make_server: Callable[..., Server],
 async def test_import_and_export_refuse_json_nested_too_deep(
         make_server: Callable[..., Server], tmp_path: Path) -> None:
     """The CLI import takes data nested 128 levels, as a publish does, and stops at a line
-    whose data nests deeper, naming it (the lines before it are imported); the export's
-    `filters` parameter nested that deep is a 400."""
+    whose data nests deeper (past what orjson parses, too), naming it (the lines before it are
+    imported); the export's `filters` parameter nested that deep is a 400."""
     live = make_server()
-    dump = tmp_path / "deep.ndjson"
     at_limit, deep = "[" * 128 + "]" * 128, "[" * 129 + "]" * 129
-    dump.write_text(f'{{"id":"a","created":1,"data":{at_limit}}}\n'
-                    f'{{"id":"b","created":2,"data":{deep}}}\n')
-    imported = subprocess.run(
-        [sys.executable, "-m", "app.cli", "import", str(dump), "--channel", "deepimport",
-         "--data-dir", str(live.data_dir)], capture_output=True, text=True, timeout=120)
-    assert imported.returncode != 0
-    assert "line 2: JSON nested more than 128 levels deep" in imported.stderr
+    for name, lines in [("deep", [at_limit, deep]), ("past-parser", ["[" * 1025 + "]" * 1025])]:
+        dump = tmp_path / f"{name}.ndjson"
+        dump.write_text("".join(f'{{"id":"{n}","created":{n},"data":{data}}}\n'
+                                for n, data in enumerate(lines, 1)))
+        imported = subprocess.run(
+            [sys.executable, "-m", "app.cli", "import", str(dump), "--channel", "deepimport",
+             "--data-dir", str(live.data_dir)], capture_output=True, text=True, timeout=120)
+        assert imported.returncode != 0
+        assert (f"line {len(lines)}: JSON nested more than 128 levels deep"
+                in imported.stderr), imported.stderr
     client = Client(live.http)
     secret = {"X-Api-Secret": live.secret}
     status, exported, _ = client.request("GET", "/api/channels/deepimport/export",

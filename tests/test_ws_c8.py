@@ -83,7 +83,8 @@ async def test_errors_are_non_fatal_and_carry_rid(server: Server) -> None:
 
 async def test_data_nested_too_deep_is_refused_with_its_rid(server: Server) -> None:
     """A publish whose frame nests past 128 levels is invalid_json (its rid kept); the data at
-    the limit (the frame wraps it in two objects) is published."""
+    the limit (the frame wraps it in two objects) is published. A frame nested past the 1,024
+    levels orjson parses is refused the same (without a rid: it cannot be read)."""
     url = server.ws("/c8/deepc8?api_key=demo&persistent=1")
     async with await connect(url) as a, await connect(url) as b:
         await recv_kind(a, "welcome")
@@ -92,6 +93,9 @@ async def test_data_nested_too_deep_is_refused_with_its_rid(server: Server) -> N
         error = await recv_kind(a, "error")
         assert error == {"code": "invalid_json", "rid": "d1",
                          "message": "JSON nested more than 128 levels deep"}
+        await a.send('{"publish":{"rid":"d3","data":' + "[" * 1025 + "]" * 1025 + "}}")
+        error = await recv_kind(a, "error")
+        assert error == {"code": "invalid_json", "message": "JSON nested more than 128 levels deep"}
         at_limit: object = []
         for _ in range(125):
             at_limit = [at_limit]

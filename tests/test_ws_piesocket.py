@@ -194,22 +194,30 @@ async def test_garbage_text_is_relayed_not_fatal(server: Server) -> None:
 async def test_json_nested_too_deep_is_refused_and_reaches_nobody(
         server: Server, persistent: str) -> None:
     """JSON nested past 128 levels could not be sent on to c8 members nor stored: its sender
-    gets invalid_json, nobody gets the frame, and the next one (at the limit) goes through."""
+    gets invalid_json, nobody gets the frame, and the next one (at the limit) goes through.
+    So is JSON nested past the 1,024 levels orjson parses (it was relayed as a string), while
+    text that stops being JSON before that depth is relayed as ever, brackets and all."""
     channel = f"deep{len(persistent)}"
     url = server.ws(f"/v3/{channel}?api_key=demo{persistent}")
     at_limit, too_deep = "[" * 128 + "]" * 128, "[" * 129 + "]" * 129
+    past_parser, not_json = "[" * 1025 + "]" * 1025, "[" * 1000 + "x"
     async with (await connect(url) as a, await connect(url) as b,
                 await connect(server.ws(f"/c8/{channel}?api_key=demo")) as c):
         await recv_kind(c, "welcome")
-        await a.send(too_deep)
-        error = (await recv_json(a))["system"]["error"]
-        assert error == {"code": "invalid_json", "message": "JSON nested more than 128 levels deep"}
+        for text in (too_deep, past_parser):
+            await a.send(text)
+            error = (await recv_json(a))["system"]["error"]
+            assert error == {"code": "invalid_json",
+                             "message": "JSON nested more than 128 levels deep"}
+        await a.send(not_json)
+        assert await recv(b) == not_json
+        assert (await recv_kind(c, "message"))["data"] == not_json
         await a.send(at_limit)
         assert await recv(b) == at_limit
         assert orjson.dumps((await recv_kind(c, "message"))["data"]).decode() == at_limit
     status, body, _ = Client(server.http).request(
         "POST", f"/api/channels/{channel}/search", {}, headers={"X-Api-Key": "demo"})
-    assert status == 200 and body["total"] == (1 if persistent else 0)
+    assert status == 200 and body["total"] == (2 if persistent else 0)  # not_json, at_limit
 
 
 async def test_shutdown_closes_members_with_1001(make_server: object) -> None:
