@@ -44,10 +44,6 @@ APP_CACHE_SECONDS = 5.0
 Answer = Callable[[BaseException | None], None]  # a persistent publish's outcome, for its sender
 
 
-def _is_c8(member: Member) -> bool:
-    return member.dialect is Dialect.C8
-
-
 def _wants_presence(member: Member) -> bool:
     return member.presence and member.dialect is Dialect.PIESOCKET
 
@@ -116,7 +112,6 @@ class Node:
         self._channels_per_app: Counter[str] = Counter()
         self._seeded: set[ChannelKey] = set()
         self._dirty_counts: set[ChannelKey] = set()
-        self._sent_counts: dict[ChannelKey, int] = {}
         self._counts_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.stats = NodeStats()
@@ -330,11 +325,19 @@ class Node:
                         log.exception("counting connections of %s failed", key)
                     self._dirty_counts.add(key)
                     continue
-                if not self.hub.count(key):
-                    self._sent_counts.pop(key, None)
-                elif self._sent_counts.get(key) != count:
-                    self._sent_counts[key] = count
-                    self.hub.send_to(key, Outgoing(connections_frame(count)), _is_c8)
+                self._tell_count(key, count)
+
+    def _tell_count(self, key: ChannelKey, count: int) -> None:
+        """Send the count to the channel's c8 members last told another, by a frame or their
+        welcome (a joiner told 2 by its welcome, in a channel whose members were last sent 1,
+        missed the 1 when the other member left before the next interval)."""
+        frame: Outgoing | None = None
+        for member in self.hub.members(key):
+            if member.dialect is Dialect.C8 and member.connections_told != count:
+                if frame is None:
+                    frame = Outgoing(connections_frame(count))
+                member.connections_told = count
+                member.send_nowait(frame)
 
     # records ------------------------------------------------------------------------------------
 

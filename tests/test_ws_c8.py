@@ -8,6 +8,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from app.node import COUNTS_INTERVAL
 from tests.live import (
     UNIT,
     Server,
@@ -143,6 +144,27 @@ async def test_connection_counts_are_pushed_and_coalesced(server: Server) -> Non
             await other.close()
         while counts[-1] != 1:
             counts.append(await recv_kind(watcher, "connections"))
+
+
+async def test_a_joiner_hears_of_a_leave_within_the_same_interval(server: Server) -> None:
+    """B joins (its welcome says 2) and A leaves before the next count frame is due: B is sent
+    1. Counts were kept per channel as last sent in a frame, and A had been sent 1, so B was
+    sent nothing and showed 2 until the next change (seen in the playground's chat test)."""
+    url = server.ws("/c8/joinleave?api_key=demo")
+    a = await connect(url)
+    assert (await recv_kind(a, "welcome"))["connections"] == 1
+    await asyncio.sleep(COUNTS_INTERVAL * 2)  # the count interval after A's join has passed
+    async with await connect(url) as b:
+        assert (await recv_kind(b, "welcome"))["connections"] == 2
+        await a.close()
+        assert await recv_kind(b, "connections") == 1
+
+
+async def test_a_welcome_is_not_followed_by_the_same_count(server: Server) -> None:
+    """A lone joiner's welcome says 1, and no `connections` frame repeats it."""
+    async with await connect(server.ws("/c8/lonejoin?api_key=demo")) as a:
+        assert (await recv_kind(a, "welcome"))["connections"] == 1
+        assert await nothing_within(a, COUNTS_INTERVAL * 4)
 
 
 async def test_mass_join_does_not_flood(server: Server) -> None:
