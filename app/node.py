@@ -127,7 +127,7 @@ class Node:
         self._last_published: asyncio.Future[None] | None = None  # the previous batch's
 
     async def start(self) -> None:
-        await self.broker.start(self._deliver, self._last_stored)
+        await self.broker.start(self._deliver, self._last_stored, self._count_changed)
         self._counts_task = asyncio.create_task(self._push_counts(), name="connection-counts")
 
     async def drain(self) -> None:
@@ -265,6 +265,10 @@ class Node:
                 await self.broker.unsubscribe(key)
             except BrokerError as error:
                 log.warning("unsubscribing from %s failed: %s", key, error)
+
+    def _count_changed(self, key: ChannelKey) -> None:
+        if self.hub.count(key):
+            self._dirty_counts.add(key)
 
     def _channel_gone(self, key: ChannelKey) -> None:
         self._history.pop(key, None)

@@ -23,6 +23,9 @@ RecordHandler = Callable[[Record], None]
 LastStored = Callable[[ChannelKey], Awaitable[int]]
 """The store's last `seq` of a channel (0 if none): where a lost position starts again."""
 
+CountsChanged = Callable[[ChannelKey], None]
+"""The node's handler for a subscribed channel whose count another node changed."""
+
 REORDER_WINDOW = 0.1
 """Seconds a record ahead of a missing one is held back before the missing one is given up."""
 
@@ -78,9 +81,12 @@ class Broker(ABC):
     """
 
     @abstractmethod
-    async def start(self, handler: RecordHandler, last_stored: LastStored) -> None:
+    async def start(self, handler: RecordHandler, last_stored: LastStored,
+                    counts_changed: CountsChanged | None = None) -> None:
         """Connect, and call `handler` for each record of a subscribed channel from now on.
-        `last_stored` is asked only when the engine lost a channel's position."""
+        `last_stored` is asked only when the engine lost a channel's position. `counts_changed`
+        is called when members of a subscribed channel join or leave on another node, or it
+        stops counting a dead node's (a node knows of its own members' changes)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from app.broker.base import (
     Broker,
     BrokerState,
     ChannelOrder,
+    CountsChanged,
     LastStored,
     Presence,
     PresenceChange,
@@ -42,7 +43,9 @@ class MemoryBroker(Broker):
         self._presence: MemoryPresence | None = None
         self._presence_handler: PresenceHandler | None = None
 
-    async def start(self, handler: RecordHandler, last_stored: LastStored) -> None:
+    async def start(self, handler: RecordHandler, last_stored: LastStored,
+                    counts_changed: CountsChanged | None = None) -> None:
+        # One node: every count changes by its own members, so `counts_changed` is never due.
         self._state.require(BrokerState.NEW, "start")
         self._handler = handler
         self._state = BrokerState.STARTED

@@ -28,6 +28,7 @@ from app.broker.base import (
     BrokerError,
     BrokerState,
     ChannelOrder,
+    CountsChanged,
     LastStored,
     Presence,
     PresenceHandler,
@@ -128,6 +129,7 @@ class RedisBroker(Broker):
         self._window = reorder_window
         self._state = BrokerState.NEW
         self._handler: RecordHandler | None = None
+        self._counts_changed: CountsChanged | None = None
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[None]] = set()
@@ -143,7 +145,8 @@ class RedisBroker(Broker):
 
     # lifecycle ----------------------------------------------------------------------------------
 
-    async def start(self, handler: RecordHandler, last_stored: LastStored) -> None:
+    async def start(self, handler: RecordHandler, last_stored: LastStored,
+                    counts_changed: CountsChanged | None = None) -> None:
         self._state.require(BrokerState.NEW, "start")
         try:
             await self._redis.set(self._keys.beat, b"1", px=self._ttl_ms)
@@ -160,6 +163,7 @@ class RedisBroker(Broker):
             self._reconnected)
         self._pubsub = pubsub
         self._handler = handler
+        self._counts_changed = counts_changed
         self._positions.last_stored = last_stored
         self._state = BrokerState.STARTED
         self._tasks = [
@@ -327,6 +331,10 @@ class RedisBroker(Broker):
                 return  # unsubscribed while it was on its way
             try:
                 fields = orjson.loads(message["data"])
+                if "connections" in fields:  # the CONNECTIONS script's notice
+                    if self._counts_changed is not None:
+                        self._counts_changed(subscription.key)
+                    return
                 if "presence" in fields:
                     if self._presence_handler is not None:
                         self._presence_handler(decode_event(subscription.key, fields))

@@ -102,4 +102,4 @@ class Connections:
 
     def _args(self, op: str, key: ChannelKey, member_id: str) -> list[str]:
         return [op, self._keys.node, member_id, f"{self._keys.prefix}members:",
-                f":{channel_tag(key)}", self._keys.beats]
+                f":{channel_tag(key)}", self._keys.beats, self._keys.of("records", key)]

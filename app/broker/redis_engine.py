@@ -152,12 +152,13 @@ return redis.call('HMGET', pos, 'seq', 'epoch', 'base', 'prev')
 """
 
 # KEYS: nodes:<channel>. ARGV: 'add' | 'remove' | 'count' | 'restore', node, member,
-# `members:` prefix, `:<channel>` suffix, `node:` prefix, then for 'restore' every member the node
-# has there (none: it is going away), replacing what Redis holds. Returns the members of live
-# nodes; forgets dead nodes.
+# `members:` prefix, `:<channel>` suffix, `node:` prefix, the channel's pub/sub name, then for
+# 'restore' every member the node has there (none: it is going away), replacing what Redis
+# holds. Returns the members of live nodes; forgets dead nodes. Unless a 'count' forgot nothing,
+# tells the channel's nodes the count may have changed (`{"connections":N}` on its pub/sub).
 CONNECTIONS = """
 local nodes, op, node, member = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local members, suffix, beats = ARGV[4], ARGV[5], ARGV[6]
+local members, suffix, beats, topic = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local mine = members .. node .. suffix
 if op == 'add' then
   redis.call('SADD', mine, member)
@@ -165,9 +166,10 @@ elseif op == 'remove' then
   redis.call('SREM', mine, member)
 elseif op == 'restore' then
   redis.call('DEL', mine)
-  for i = 7, #ARGV do redis.call('SADD', mine, ARGV[i]) end
+  for i = 8, #ARGV do redis.call('SADD', mine, ARGV[i]) end
 end
-if op ~= 'count' then
+local changed = op ~= 'count'
+if changed then
   if redis.call('EXISTS', mine) == 1 then redis.call('SADD', nodes, node)
   else redis.call('SREM', nodes, node) end
 end
@@ -180,8 +182,10 @@ for _, each in ipairs(redis.call('SMEMBERS', nodes)) do
   else
     redis.call('DEL', members .. each .. suffix)
     redis.call('SREM', nodes, each)
+    changed = true
   end
 end
+if changed then redis.call('PUBLISH', topic, '{"connections":' .. total .. '}') end
 return total
 """
 

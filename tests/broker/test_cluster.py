@@ -91,6 +91,19 @@ async def test_pipelined_persistent_and_plain_publishes_keep_order_across_nodes(
     assert [m["data"]["p"] for m in got if "p" in m["data"]] == list(range(0, 300, 50))
 
 
+async def test_c8_counts_follow_joins_and_leaves_on_the_other_node(
+        nodes: tuple[Server, Server]) -> None:
+    """A c8 member on A is sent the count when members join and leave on B (it was only sent
+    counts on changes on its own node)."""
+    a, b = nodes
+    async with await connect(a.ws("/c8/xcount?api_key=demo")) as watcher:
+        assert (await recv_kind(watcher, "welcome"))["connections"] == 1
+        async with await connect(b.ws("/c8/xcount?api_key=demo")) as joiner:
+            assert (await recv_kind(joiner, "welcome"))["connections"] == 2
+            assert await recv_kind(watcher, "connections") == 2
+        assert await recv_kind(watcher, "connections") == 1
+
+
 async def test_search_on_b_finds_what_a_stored(nodes: tuple[Server, Server]) -> None:
     """Persistent messages published through A are found by a search on B."""
     a, b = nodes
