@@ -163,7 +163,7 @@ class Member:
     close_reason: str = ""
     queued_bytes: int = 0
     resumed_to: int = 0  # the last seq a resume delivered; later copies are dropped
-    connections_told: int | None = None  # the count a c8 member last got (welcome or frame)
+    connections_told: int | None = None  # the count a c8 member last got; None: no welcome yet
     on_close: Callable[[Member], None] | None = field(default=None, repr=False)
     # Answers the member's persistent publishes that asked for no reply: one object for all of
     # them (set while its connection is served), not one per publish waiting for its commit.

@@ -334,14 +334,20 @@ class Node:
     def _tell_count(self, key: ChannelKey, count: int) -> None:
         """Send the count to the channel's c8 members last told another, by a frame or their
         welcome (a joiner told 2 by its welcome, in a channel whose members were last sent 1,
-        missed the 1 when the other member left before the next interval)."""
+        missed the 1 when the other member left before the next interval). A member still
+        waiting for its welcome is told at the next interval: the count read now may be from
+        before its join, and its welcome has the count after it."""
         frame: Outgoing | None = None
         for member in self.hub.members(key):
-            if member.dialect is Dialect.C8 and member.connections_told != count:
-                if frame is None:
-                    frame = Outgoing(connections_frame(count))
-                member.connections_told = count
-                member.send_nowait(frame)
+            if member.dialect is not Dialect.C8 or member.connections_told == count:
+                continue
+            if member.connections_told is None:
+                self._dirty_counts.add(key)
+                continue
+            if frame is None:
+                frame = Outgoing(connections_frame(count))
+            member.connections_told = count
+            member.send_nowait(frame)
 
     # records ------------------------------------------------------------------------------------
 

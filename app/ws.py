@@ -190,9 +190,7 @@ async def queue_first_frames(
         frames.append(Outgoing(welcome_frame(
             member.client_id, member.key[1], channel_epoch, seq, connections,
             member.limits.max_frame_bytes, member.bucket)))
-        # A count frame queued since the join goes out after the welcome: that count stands.
-        if member.connections_told is None:
-            member.connections_told = connections
+        member.connections_told = connections
     if member.presence and not c8:
         frames.append(Outgoing(member_list_frame([m.public() for m in roster])))
     after = 0
