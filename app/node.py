@@ -267,6 +267,8 @@ class Node:
                 log.warning("unsubscribing from %s failed: %s", key, error)
 
     def _count_changed(self, key: ChannelKey) -> None:
+        """The broker's word that the count may have changed (on another node, say): read it
+        at the next interval."""
         if self.hub.count(key):
             self._dirty_counts.add(key)
 

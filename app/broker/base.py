@@ -24,7 +24,7 @@ LastStored = Callable[[ChannelKey], Awaitable[int]]
 """The store's last `seq` of a channel (0 if none): where a lost position starts again."""
 
 CountsChanged = Callable[[ChannelKey], None]
-"""The node's handler for a subscribed channel whose count another node changed."""
+"""The node's handler for a subscribed channel whose count may have changed."""
 
 REORDER_WINDOW = 0.1
 """Seconds a record ahead of a missing one is held back before the missing one is given up."""
@@ -85,8 +85,9 @@ class Broker(ABC):
                     counts_changed: CountsChanged | None = None) -> None:
         """Connect, and call `handler` for each record of a subscribed channel from now on.
         `last_stored` is asked only when the engine lost a channel's position. `counts_changed`
-        is called when members of a subscribed channel join or leave on another node, or it
-        stops counting a dead node's (a node knows of its own members' changes)."""
+        is called when a subscribed channel's count may have changed: members joined or left on
+        any node (this one's own changes may come back too), or a dead node's stopped counting.
+        A node learns of other nodes' changes only this way."""
 
     @abstractmethod
     async def close(self) -> None:
